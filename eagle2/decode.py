@@ -1,0 +1,186 @@
+"""THE decode loop: vanilla decoding and every speculative method, on one target adapter and cache.
+
+    prefill the prompt -> root token
+    repeat:  draft a tree rooted at the root        (proposer; vanilla: the root alone)
+             verify it in one target forward         (tree mask, depth positions)
+             accept a path + one bonus token         (verify.py; lossless)
+             keep the path in the KV cache, hand its features to the proposer; bonus = new root
+    until a stop token, max_new_tokens or the context limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Collection, Sequence
+
+import torch
+
+from eagle2.draft import Proposer
+from eagle2.record import CONFIDENCE_BINS, GREEDY, GenerationRecord, SamplingConfig
+from eagle2.target import TargetModel
+from eagle2.tree import DraftTree
+from eagle2.verify import Verdict, choose_token, verify
+
+logger = logging.getLogger(__name__)
+
+
+class Stopwatch:
+    """Wall-clock regions, with a device synchronisation at each boundary when asked (GPU timing)."""
+
+    def __init__(self, device: torch.device, synchronize: bool) -> None:
+        self.synchronize = synchronize and device.type == "cuda"
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._region: str | None = None
+        self._start = 0.0
+
+    def now(self) -> float:
+        if self.synchronize:
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def switch(self, region: str | None) -> None:
+        """End the current region (if any) and start `region` (None = stop)."""
+        now = self.now()
+        if self._region is not None:
+            self.totals[self._region] = self.totals.get(self._region, 0.0) + now - self._start
+        self._region, self._start = region, now
+
+
+class StepStats:
+    """Per-step acceptance statistics accumulated into a GenerationRecord."""
+
+    def __init__(self) -> None:
+        self.accept_lengths: list[int] = []
+        self.depth_reached: list[int] = []
+        self.depth_accepted: list[int] = []
+        self.confidence_checked = [0] * CONFIDENCE_BINS
+        self.confidence_accepted = [0] * CONFIDENCE_BINS
+        self.tree_tokens = 0
+
+    def add_tree(self, tree: DraftTree, verdict: Verdict) -> None:
+        self.tree_tokens += tree.size
+        children = tree.children
+        on_path = set(verdict.path)
+        probs = tree.draft_probs.tolist()
+        for node in verdict.path:
+            for child in children[node]:
+                bin_index = min(int(probs[child] * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)
+                self.confidence_checked[bin_index] += 1
+                self.confidence_accepted[bin_index] += child in on_path
+        accepted_depth = len(verdict.path) - 1
+        checked_depth = accepted_depth + (1 if children[verdict.path[-1]] else 0)
+        while len(self.depth_reached) < checked_depth:
+            self.depth_reached.append(0)
+            self.depth_accepted.append(0)
+        for depth in range(checked_depth):
+            self.depth_reached[depth] += 1
+            self.depth_accepted[depth] += depth < accepted_depth
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def generate(
+    target: TargetModel,
+    prompt_ids: Sequence[int] | torch.Tensor,
+    *,
+    max_new_tokens: int,
+    proposer: Proposer | None = None,
+    sampling: SamplingConfig = GREEDY,
+    stop_token_ids: Collection[int] = (),
+    generator: torch.Generator | None = None,
+    profile: bool = False,
+) -> GenerationRecord:
+    """Generate up to `max_new_tokens` after `prompt_ids` with vanilla decoding (proposer=None)
+    or a speculative proposer. `profile` synchronises the device around each phase to split the
+    time into draft / verify / other; without it only prefill and total time are measured."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = target.device
+    prompt = torch.as_tensor(prompt_ids, dtype=torch.long).to(device).reshape(-1)
+    if prompt.numel() == 0:
+        raise ValueError("the prompt is empty")
+    if prompt.numel() >= target.max_context:
+        raise ValueError(f"the prompt has {prompt.numel()} tokens; the model's context is {target.max_context}")
+    stops = set(int(t) for t in stop_token_ids)
+    tree_room = proposer.max_tree_size if proposer is not None else 1
+    cache = target.new_cache(prompt.numel() + max_new_tokens + tree_room + 1)
+    watch = Stopwatch(device, synchronize=profile)
+    stats = StepStats()
+
+    _synchronize(device)
+    started = time.perf_counter()
+    out = target.forward(prompt, cache, logits_for=slice(-1, None))
+    root = choose_token(out.logits[-1], sampling, generator)
+    _synchronize(device)
+    prefill_time = time.perf_counter() - started
+
+    emitted = [root]
+    stats.accept_lengths.append(1)
+    stop_reason = "eos" if root in stops else ("max_new_tokens" if max_new_tokens == 1 else "")
+    if not stop_reason and proposer is not None:
+        watch.switch("draft")
+        proposer.begin(prompt, out.hidden, root)
+
+    while not stop_reason:
+        remaining = max_new_tokens - len(emitted)
+        # The root takes position cache.length; a node of depth d takes cache.length + d.
+        room = target.max_context - 1 - cache.length
+        if room < 0:
+            stop_reason = "context_limit"
+            break
+        if proposer is None:
+            out = target.forward(torch.tensor([root], device=device), cache)
+            new_tokens = [choose_token(out.logits[0], sampling, generator)]
+        else:
+            watch.switch("draft")
+            # Drafts beyond the remaining budget could never be emitted.
+            tree = proposer.propose(max_depth=min(remaining - 1, room))
+            watch.switch("verify")
+            start = cache.length
+            out = target.forward(tree.tokens, cache, tree=tree)
+            verdict = verify(tree, out.logits, sampling, generator)
+            watch.switch("other")
+            cache.keep(start, verdict.path)
+            new_tokens = tree.tokens[verdict.path[1:]].tolist() + [verdict.bonus]
+            stats.add_tree(tree, verdict)
+        for index, token in enumerate(new_tokens):
+            if token in stops:
+                new_tokens = new_tokens[: index + 1]
+                stop_reason = "eos"
+                break
+        if len(new_tokens) >= remaining:
+            new_tokens = new_tokens[:remaining]
+            stop_reason = stop_reason or "max_new_tokens"
+        emitted.extend(new_tokens)
+        stats.accept_lengths.append(len(new_tokens))
+        root = new_tokens[-1]
+        if proposer is not None and not stop_reason:
+            path_tensor = torch.tensor(verdict.path, device=device)
+            proposer.advance(out.hidden[path_tensor], torch.tensor(new_tokens, device=device))
+    watch.switch(None)
+    _synchronize(device)
+    total_time = time.perf_counter() - started
+
+    forwards = len(stats.accept_lengths)
+    return GenerationRecord(
+        output_ids=tuple(emitted),
+        target_forwards=forwards,
+        accept_lengths=tuple(stats.accept_lengths),
+        stop_reason=stop_reason,
+        prefill_time_s=prefill_time,
+        total_time_s=total_time,
+        draft_time_s=watch.totals.get("draft", 0.0),
+        verify_time_s=watch.totals.get("verify", 0.0),
+        other_time_s=watch.totals.get("other", 0.0),
+        depth_reached=tuple(stats.depth_reached),
+        depth_accepted=tuple(stats.depth_accepted),
+        confidence_checked=tuple(stats.confidence_checked),
+        confidence_accepted=tuple(stats.confidence_accepted),
+        draft_tokens_per_step=(stats.tree_tokens / (forwards - 1)) if forwards > 1 and proposer is not None else 1.0,
+    )

@@ -1,0 +1,303 @@
+"""Proposers: draft a tree of candidate tokens with the EAGLE head, for the target to verify.
+
+Both proposers share `HeadDrafter`, which keeps the head's KV cache in step with the accepted text
+and feeds drafted nodes through the head with an ancestor mask. They differ only in which nodes
+they expand:
+
+* StaticTreeProposer (EAGLE-1): a fixed tree of child ranks, the same every step.
+* DynamicTreeProposer (EAGLE-2): expand, at each depth, the `top_k` nodes of highest path
+  confidence (product of draft probabilities from the root), each with its `top_k` most likely
+  children; then rerank every drafted node by path confidence and keep the best
+  `total_tokens - 1` (plus the root) as the tree to verify.
+
+Positions: with C tokens in the accepted context the root sits at position C, a node of depth d
+at C + d, and the head's entry that drafts the children of a node of depth d sits at C + d - 1
+(the head predicts the feature of the *next* position from the current feature and next token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from eagle2.cache import PositionIndexedLayer
+from eagle2.head import DraftHead
+from eagle2.target import TargetModel
+from eagle2.tree import DraftTree, StaticTreeShape, load_static_tree
+
+
+class Proposer(Protocol):
+    """What the decode loop needs from a drafting method."""
+
+    max_tree_size: int  # most tokens (root included) a proposed tree can have
+
+    def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int) -> None:
+        """Start a generation: prompt ids [P], the target's features at them [P, H], the first new token."""
+
+    def propose(self, max_depth: int) -> DraftTree:
+        """A tree rooted at the current root token, no deeper than `max_depth` (>= 0)."""
+
+    def advance(self, path_features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        """The target accepted a path: its nodes' features [a, H] and the a tokens that follow each
+        (the accepted drafts after the root, then the bonus token, which becomes the new root)."""
+
+
+@dataclass(frozen=True)
+class DraftLevel:
+    """Children drafted for a batch of nodes: row i holds the top children of node i."""
+
+    tokens: torch.Tensor  # [rows, k] long
+    log_probs: torch.Tensor  # [rows, k] float32
+    features: torch.Tensor  # [rows, H] the head's predicted feature at each parent (input for its children)
+
+
+class HeadDrafter:
+    """Runs the draft head for one generation: context catch-up, then tree expansion on top of it."""
+
+    def __init__(self, head: DraftHead, target: TargetModel, draft_vocab: torch.Tensor | None = None) -> None:
+        self.head = head.to(device=target.device, dtype=target.dtype).eval()
+        self.target = target
+        lm_head = target.lm_head
+        # With a reduced draft vocabulary (FR-Spec), only those rows of lm_head are scored.
+        self.draft_vocab = None if draft_vocab is None else draft_vocab.to(target.device)
+        weight = lm_head.weight if draft_vocab is None else lm_head.weight[self.draft_vocab]
+        bias = getattr(lm_head, "bias", None)
+        self.lm_weight = weight.detach()
+        self.lm_bias = None if bias is None else (bias if draft_vocab is None else bias[self.draft_vocab]).detach()
+        self.cache: list[PositionIndexedLayer] = []
+        self.context_length = 0  # head entries that belong to accepted text
+        self.pending_features: torch.Tensor | None = None  # [m, H] not yet fed to the head
+        self.pending_tokens: torch.Tensor | None = None  # [m]
+        self.root = -1
+
+    def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int, capacity: int) -> None:
+        self.cache = self.head.new_cache(capacity)
+        self.context_length = 0
+        device = prompt_ids.device
+        self.pending_features = prompt_features
+        self.pending_tokens = torch.cat((prompt_ids[1:], torch.tensor([root], device=device)))
+        self.root = root
+
+    def advance(self, path_features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        self.pending_features = path_features
+        self.pending_tokens = next_tokens
+        self.root = int(next_tokens[-1])
+
+    def draft_children(self, features: torch.Tensor, k: int) -> DraftLevel:
+        """Top-k draft tokens after each of the head outputs `features` [rows, H]."""
+        logits = F.linear(features, self.lm_weight, self.lm_bias).float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        top = torch.topk(log_probs, k, dim=-1)
+        tokens = top.indices if self.draft_vocab is None else self.draft_vocab[top.indices]
+        return DraftLevel(tokens=tokens, log_probs=top.values, features=features)
+
+    def catch_up(self, k: int) -> DraftLevel:
+        """Feed the pending accepted tokens to the head; return the root's top-k children."""
+        count = self.pending_tokens.shape[0]
+        positions = torch.arange(self.context_length, self.context_length + count, device=self.pending_tokens.device)
+        out = self.head(
+            self.target.embed_tokens(self.pending_tokens)[None],
+            self.pending_features[None].to(self.target.dtype),
+            positions[None],
+            mask=self._causal_mask(count),
+            cache=self.cache,
+        )[0]
+        self.context_length += count
+        return self.draft_children(out[-1:], k)
+
+    def _causal_mask(self, count: int) -> torch.Tensor | None:
+        if count == 1:
+            return None
+        device, dtype = self.target.device, self.target.dtype
+        mask = torch.zeros(1, 1, count, self.context_length + count, dtype=dtype, device=device)
+        future = torch.ones(count, count, dtype=torch.bool, device=device).triu(1)
+        mask[0, 0, :, self.context_length :].masked_fill_(future, torch.finfo(dtype).min)
+        return mask
+
+    def expand(self, tokens: torch.Tensor, features: torch.Tensor, depth: int, visible: torch.Tensor, k: int) -> DraftLevel:
+        """Feed drafted nodes of one depth through the head and draft their top-k children.
+
+        tokens [r], features [r, H] (the parent's predicted feature); `visible` [r, fed + r] bool says
+        which already-fed drafted entries (and which of these new ones) each row may attend to.
+        """
+        rows = tokens.shape[0]
+        device, dtype = self.target.device, self.target.dtype
+        fed = visible.shape[1] - rows
+        mask = torch.zeros(1, 1, rows, self.context_length + fed + rows, dtype=dtype, device=device)
+        mask[0, 0, :, self.context_length :].masked_fill_(~visible, torch.finfo(dtype).min)
+        positions = torch.full((1, rows), self.context_length + depth - 1, device=device)
+        out = self.head(self.target.embed_tokens(tokens)[None], features[None], positions, mask=mask, cache=self.cache)[0]
+        return self.draft_children(out, k)
+
+    def rewind(self) -> None:
+        """Drop the drafted entries from the head's cache, keeping the accepted context."""
+        for layer in self.cache:
+            layer.truncate(self.context_length)
+
+
+def _tree_from_nodes(
+    root: int, tokens: list[int] | torch.Tensor, parents: list[int], log_probs: torch.Tensor, device: torch.device
+) -> DraftTree:
+    token_tensor = torch.as_tensor(tokens, dtype=torch.long, device=device)
+    return DraftTree.from_parents(
+        torch.cat((torch.tensor([root], device=device), token_tensor)),
+        torch.tensor([-1] + parents, dtype=torch.long, device=device),
+        torch.cat((torch.ones(1, device=device), log_probs.float().exp().to(device))),
+    )
+
+
+class StaticTreeProposer:
+    """EAGLE-1: the same tree of child ranks every step (default mc_sim_7b_63)."""
+
+    def __init__(self, head: DraftHead, target: TargetModel, tree: str | list = "mc_sim_7b_63", draft_vocab: torch.Tensor | None = None) -> None:
+        self.shape: StaticTreeShape = load_static_tree(tree)
+        self.drafter = HeadDrafter(head, target, draft_vocab)
+        self.max_tree_size = self.shape.size
+        shape = self.shape
+        self.children: list[list[int]] = [[] for _ in range(shape.size)]
+        for node in range(1, shape.size):
+            self.children[shape.parents[node]].append(node)
+        # Width of top-k needed under each node: its largest child rank + 1.
+        self.width = [max((shape.ranks[c] for c in kids), default=-1) + 1 for kids in self.children]
+        self.by_depth = [[n for n in range(shape.size) if shape.depths[n] == d] for d in range(shape.max_depth + 1)]
+        self.ancestors = self._template_ancestors()
+
+    def _template_ancestors(self) -> torch.Tensor:
+        n = self.shape.size
+        mask = torch.eye(n, dtype=torch.bool)
+        for node in range(1, n):
+            mask[node] |= mask[self.shape.parents[node]]
+        return mask
+
+    def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int) -> None:
+        self.drafter.begin(prompt_ids, prompt_features, root, capacity=prompt_ids.shape[0] + 4 * self.max_tree_size + 64)
+
+    def advance(self, path_features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        self.drafter.advance(path_features, next_tokens)
+
+    @torch.inference_mode()
+    def propose(self, max_depth: int) -> DraftTree:
+        drafter, shape = self.drafter, self.shape
+        device = self.drafter.target.device
+        level = drafter.catch_up(max(self.width[0], 1))
+        depth_limit = min(max_depth, shape.max_depth)
+        tokens = [0] * shape.size
+        log_probs = torch.zeros(shape.size)
+        # Template nodes that were fed through the head, in feeding order, for the ancestor mask.
+        fed: list[int] = []
+        parent_rows = {0: 0}  # template node -> row in `level` holding its children
+        for depth in range(1, depth_limit + 1):
+            for node in self.by_depth[depth]:
+                row = parent_rows[shape.parents[node]]
+                tokens[node] = int(level.tokens[row, shape.ranks[node]])
+                log_probs[node] = level.log_probs[row, shape.ranks[node]]
+            if depth == depth_limit:
+                break
+            expand = [n for n in self.by_depth[depth] if self.children[n]]
+            if not expand:
+                depth_limit = depth
+                break
+            visible = self.ancestors[expand][:, fed + expand].to(device)
+            features = level.features[[parent_rows[shape.parents[n]] for n in expand]]
+            level = drafter.expand(torch.tensor([tokens[n] for n in expand], device=device), features, depth, visible, max(self.width[n] for n in expand))
+            parent_rows = {n: i for i, n in enumerate(expand)}
+            fed += expand
+        drafter.rewind()
+        kept = [n for n in range(1, shape.size) if shape.depths[n] <= depth_limit]
+        index = {0: 0, **{n: i + 1 for i, n in enumerate(kept)}}
+        return _tree_from_nodes(
+            drafter.root,
+            [tokens[n] for n in kept],
+            [index[shape.parents[n]] for n in kept],
+            log_probs[kept],
+            device,
+        )
+
+
+class DynamicTreeProposer:
+    """EAGLE-2's context-aware dynamic tree.
+
+    depth: deepest drafted token (= head forwards per step, context catch-up included);
+    top_k: nodes expanded per depth and children drafted per expanded node;
+    total_tokens: tokens sent to the target per step, root included.
+    The official code's (depth=D, top_k=K, total_token=T) equals (depth=D+1, top_k=K, total_tokens=T) here.
+    """
+
+    def __init__(self, head: DraftHead, target: TargetModel, depth: int = 6, top_k: int = 10, total_tokens: int = 60, draft_vocab: torch.Tensor | None = None) -> None:
+        for name, value, low in (("depth", depth, 1), ("top_k", top_k, 1), ("total_tokens", total_tokens, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"eagle2 {name} must be an integer >= {low}, got {value!r}")
+        self.depth, self.top_k, self.total_tokens = depth, top_k, total_tokens
+        self.drafter = HeadDrafter(head, target, draft_vocab)
+        self.max_tree_size = min(total_tokens, 1 + top_k + (depth - 1) * top_k * top_k)
+
+    def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int) -> None:
+        self.drafter.begin(prompt_ids, prompt_features, root, capacity=prompt_ids.shape[0] + 4 * self.depth * self.top_k + 64)
+
+    def advance(self, path_features: torch.Tensor, next_tokens: torch.Tensor) -> None:
+        self.drafter.advance(path_features, next_tokens)
+
+    @torch.inference_mode()
+    def propose(self, max_depth: int) -> DraftTree:
+        drafter, k = self.drafter, self.top_k
+        device = drafter.target.device
+        depth_limit = min(max_depth, self.depth)
+        level = drafter.catch_up(k)
+        if depth_limit == 0 or self.total_tokens == 1:
+            drafter.rewind()
+            return _tree_from_nodes(drafter.root, [], [], torch.zeros(0), device)
+        # Every drafted node, in creation order (depth by depth); parents index this list, -1 = root.
+        node_tokens = [level.tokens[0]]
+        node_log_probs = [level.log_probs[0]]
+        node_scores = [level.log_probs[0]]
+        node_parents = [torch.full((k,), -1, dtype=torch.long, device=device)]
+        frontier = torch.arange(k, device=device)  # node ids fed next
+        frontier_scores = level.log_probs[0]
+        frontier_features = level.features.expand(k, -1)
+        created = k
+        fed_ancestors = torch.zeros(0, 0, dtype=torch.bool, device=device)  # among fed entries
+        fed_parent_row = torch.zeros(k, dtype=torch.long, device=device)  # row of each frontier node's parent among fed
+        for depth in range(1, depth_limit):
+            rows = frontier.shape[0]
+            fed = fed_ancestors.shape[0]
+            if fed:
+                inherited = fed_ancestors[fed_parent_row]  # [rows, fed]
+            else:
+                inherited = torch.zeros(rows, 0, dtype=torch.bool, device=device)
+            visible = torch.cat((inherited, torch.eye(rows, dtype=torch.bool, device=device)), dim=1)
+            level = drafter.expand(torch.cat(node_tokens)[frontier], frontier_features, depth, visible, k)
+            fed_ancestors = torch.cat((torch.cat((fed_ancestors, torch.zeros(fed, rows, dtype=torch.bool, device=device)), dim=1), visible), dim=0)
+            child_scores = frontier_scores[:, None] + level.log_probs  # [rows, k]
+            node_tokens.append(level.tokens.reshape(-1))
+            node_log_probs.append(level.log_probs.reshape(-1))
+            node_scores.append(child_scores.reshape(-1))
+            node_parents.append(frontier.repeat_interleave(k))
+            best = torch.topk(child_scores.reshape(-1), min(k, rows * k)).indices
+            frontier = created + best
+            frontier_scores = child_scores.reshape(-1)[best]
+            frontier_features = level.features[best // k]
+            fed_parent_row = fed + best // k
+            created += rows * k
+        drafter.rewind()
+        return self._rerank(drafter.root, torch.cat(node_tokens), torch.cat(node_log_probs), torch.cat(node_scores), torch.cat(node_parents), device)
+
+    def _rerank(self, root, tokens, log_probs, scores, parents, device) -> DraftTree:
+        """Keep the total_tokens - 1 drafted nodes of highest path confidence, as an ancestor-closed tree."""
+        keep_count = min(self.total_tokens - 1, tokens.shape[0])
+        # A child's path score never exceeds its parent's (log-probabilities are <= 0); a stable sort
+        # breaks ties by creation order, which puts parents first, so the selection is ancestor-closed.
+        order = torch.sort(scores, descending=True, stable=True).indices[:keep_count]
+        selected = torch.sort(order).values
+        new_index = torch.full((tokens.shape[0] + 1,), -1, dtype=torch.long, device=device)
+        new_index[selected + 1] = torch.arange(1, keep_count + 1, device=device)
+        new_index[0] = 0
+        tree_parents = new_index[parents[selected] + 1]
+        assert bool((tree_parents >= 0).all()), "reranked draft is not ancestor-closed"
+        return DraftTree.from_parents(
+            torch.cat((torch.tensor([root], device=device), tokens[selected])),
+            torch.cat((torch.tensor([-1], device=device), tree_parents)),
+            torch.cat((torch.ones(1, device=device), log_probs[selected].exp())),
+        )

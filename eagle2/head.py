@@ -1,0 +1,235 @@
+"""The EAGLE draft head, in the exact layout of the released EAGLE-1/EAGLE-2 checkpoints.
+
+    feature_{t+1}^ = Layers( fc( [ embed(token_{t+1}) ; feature_t ] ) )      # no final norm
+    draft logits  = target.lm_head( feature_{t+1}^ )
+
+`fc` maps the concatenation (embedding first) of 2H to H; the decoder layers are Llama layers, the
+first of which has no input layernorm. The embedding and the lm_head are the target's: they are not
+parameters of this module, so its state dict holds exactly the checkpoint's keys (minus the optional
+`embed_tokens.weight` copy that the official files carry).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+from eagle2.cache import PositionIndexedLayer
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_KEY = "embed_tokens.weight"
+CONFIG_NAME = "config.json"
+SAFETENSORS_NAME = "model.safetensors"
+TORCH_NAME = "pytorch_model.bin"
+
+
+class DraftAttention(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [b, q, H]
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,  # [b or 1, 1, q, kv] additive, or None for plain causal
+        cache: PositionIndexedLayer | None,
+    ) -> torch.Tensor:
+        batch, length, _ = x.shape
+        query = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        key = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        value = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        cos, sin = rotary
+        query, key = apply_rotary_pos_emb(query, key, cos, sin)
+        if cache is not None:
+            key, value = cache.update(key, value)
+        if self.num_kv_heads != self.num_heads:
+            groups = self.num_heads // self.num_kv_heads
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None and length > 1)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, length, -1))
+
+
+class DraftDecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, index: int) -> None:
+        super().__init__()
+        # The first layer's input is fc's output, which the official heads leave unnormalised.
+        if index > 0:
+            self.input_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = DraftAttention(config)
+        self.mlp = LlamaMLP(config)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, rotary, mask, cache) -> torch.Tensor:
+        normed = self.input_layernorm(x) if hasattr(self, "input_layernorm") else x
+        x = x + self.self_attn(normed, rotary, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DraftHead(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.fc = nn.Linear(2 * hidden, hidden, bias=bool(getattr(config, "bias", True)))
+        self.layers = nn.ModuleList(DraftDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.rotary = LlamaRotaryEmbedding(config)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def new_cache(self, capacity: int) -> list[PositionIndexedLayer]:
+        return [PositionIndexedLayer(capacity) for _ in self.layers]
+
+    def forward(
+        self,
+        token_embeddings: torch.Tensor,  # [b, q, H] target embeddings of the next tokens
+        features: torch.Tensor,  # [b, q, H] target (or drafted) features of the current positions
+        positions: torch.Tensor,  # [b, q] long
+        mask: torch.Tensor | None = None,  # [b or 1, 1, q, kv] additive; None = causal over the new rows
+        cache: list[PositionIndexedLayer] | None = None,
+    ) -> torch.Tensor:
+        """Predicted next features, [b, q, H]."""
+        x = self.fc(torch.cat((token_embeddings.to(features.dtype), features), dim=-1))
+        rotary = self.rotary(x, positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rotary, mask, None if cache is None else cache[i])
+        return x
+
+    # ---- construction, loading and saving in the official layout ----
+
+    @staticmethod
+    def config_for_target(target_config, *, num_layers: int = 1, bias: bool = True) -> LlamaConfig:
+        """A head config matching a target's width, heads, RoPE and vocabulary."""
+        head_dim = getattr(target_config, "head_dim", None) or target_config.hidden_size // target_config.num_attention_heads
+        rope = getattr(target_config, "rope_parameters", None) or {
+            "rope_type": "default",
+            "rope_theta": getattr(target_config, "rope_theta", 10000.0),
+        }
+        return LlamaConfig(
+            vocab_size=target_config.vocab_size,
+            hidden_size=target_config.hidden_size,
+            intermediate_size=target_config.intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=target_config.num_attention_heads,
+            num_key_value_heads=getattr(target_config, "num_key_value_heads", target_config.num_attention_heads),
+            head_dim=head_dim,
+            hidden_act=getattr(target_config, "hidden_act", "silu"),
+            max_position_embeddings=getattr(target_config, "max_position_embeddings", 4096),
+            rms_norm_eps=getattr(target_config, "rms_norm_eps", 1e-6),
+            rope_parameters=dict(rope),
+            bias=bias,
+            architectures=["LlamaForCausalLM"],
+        )
+
+    @classmethod
+    def random(cls, target_config, *, seed: int = 0, num_layers: int = 1, bias: bool = True) -> "DraftHead":
+        """A randomly initialised head (std 0.02 like Llama's init); drafts badly but is still lossless."""
+        config = cls.config_for_target(target_config, num_layers=num_layers, bias=bias)
+        generator = torch.Generator().manual_seed(seed)
+        head = cls(config)
+        with torch.no_grad():
+            for name, param in head.named_parameters():
+                if name.endswith("layernorm.weight"):
+                    param.fill_(1.0)
+                elif name.endswith("bias"):
+                    param.zero_()
+                else:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+        return head
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, revision: str | None = None, embedding_shape: tuple[int, int] | None = None) -> "DraftHead":
+        """Load an official-layout head from a local folder or a hub id (config.json + weights).
+
+        Keys are checked strictly: every parameter must be present with its shape, and the only
+        extra key allowed is `embed_tokens.weight` (ignored: the target's embedding is used; its
+        shape is checked against `embedding_shape` when given).
+        """
+        folder = _resolve_head_folder(path, revision)
+        config = LlamaConfig(**json.loads((folder / CONFIG_NAME).read_text()))
+        state = _read_weights(folder)
+        head = cls(config)
+        embedding = state.pop(EMBEDDING_KEY, None)
+        if embedding is not None and embedding_shape is not None and tuple(embedding.shape) != tuple(embedding_shape):
+            raise ValueError(
+                f"{folder}: head embedding has shape {tuple(embedding.shape)} but the target's is {tuple(embedding_shape)}; "
+                "this head was trained for another model"
+            )
+        expected = head.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise KeyError(
+                f"{folder}: weights do not match the EAGLE head layout; missing: {missing or 'none'}, "
+                f"unexpected: {unexpected or 'none'}; expected keys: {sorted(expected)}"
+            )
+        for key, tensor in state.items():
+            if tuple(tensor.shape) != tuple(expected[key].shape):
+                raise ValueError(f"{folder}: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
+        head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        return head
+
+    def save_pretrained(self, folder: str | Path, *, embedding: torch.Tensor | None = None, extra_config: dict | None = None) -> Path:
+        """Write config.json + model.safetensors in the official layout (embedding copy optional)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = self.config.to_dict()
+        config["bias"] = self.fc.bias is not None
+        config.update(extra_config or {})
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if embedding is not None:
+            tensors[EMBEDDING_KEY] = embedding.detach().contiguous().cpu()
+        save_file(tensors, str(folder / SAFETENSORS_NAME), metadata={"format": "pt"})
+        return folder
+
+
+def _resolve_head_folder(path: str | Path, revision: str | None) -> Path:
+    folder = Path(path)
+    if folder.is_dir():
+        if not (folder / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{folder}: no {CONFIG_NAME}; an EAGLE head folder holds config.json and model.safetensors or pytorch_model.bin")
+        return folder
+    if folder.exists() or str(path).startswith((".", "/")) or str(path).count("/") != 1:
+        raise FileNotFoundError(f"draft head {str(path)!r} is neither a folder with config.json nor a hub id like 'yuhuili/EAGLE-Vicuna-7B-v1.3'")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(path), revision=revision, allow_patterns=[CONFIG_NAME, "*.safetensors", "*.bin"]))
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    if (folder / SAFETENSORS_NAME).is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(folder / SAFETENSORS_NAME))
+    if (folder / TORCH_NAME).is_file():
+        return torch.load(folder / TORCH_NAME, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{folder}: neither {SAFETENSORS_NAME} nor {TORCH_NAME} found")
+
+
+def head_parameter_count(head: DraftHead) -> int:
+    return sum(p.numel() for p in head.parameters())
+
+
+def describe(head: DraftHead) -> str:
+    return f"EAGLE head: {head.num_layers} layer(s), hidden {head.config.hidden_size}, {head_parameter_count(head) / 1e6:.1f}M parameters, fc bias={head.fc.bias is not None}"
+

@@ -1,0 +1,274 @@
+"""The registry of decoding methods: a name, its parameters, and how to build a decoder from them.
+
+A new speculative method is one proposer (draft.py) plus one entry here. Reference methods that
+call transformers' own `generate` live here too, so a benchmark can show that our vanilla decoding
+is at least as fast as the library's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import torch
+from transformers import GenerationConfig
+
+from eagle2.decode import generate
+from eagle2.draft import DynamicTreeProposer, Proposer, StaticTreeProposer
+from eagle2.head import DraftHead
+from eagle2.record import GenerationRecord, SamplingConfig
+from eagle2.target import TargetModel
+from eagle2.tree import builtin_tree_names, load_static_tree
+
+
+class Decoder(Protocol):
+    def __call__(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int,
+        sampling: SamplingConfig,
+        stop_token_ids: Collection[int],
+        generator: torch.Generator | None,
+        profile: bool = False,
+    ) -> GenerationRecord: ...
+
+
+@dataclass(frozen=True)
+class Param:
+    default: Any
+    kind: type | tuple[type, ...]
+    help: str
+    minimum: int | None = None
+    check: Callable[[Any], None] | None = None  # raises ValueError on a bad value
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    description: str
+    needs_head: bool
+    params: Mapping[str, Param]
+    build: Callable[[TargetModel, DraftHead | None, Mapping[str, Any]], Decoder]
+    lossless_greedy: bool = True  # greedy output must equal vanilla's (checked by the harness)
+    reference: bool = False  # a transformers baseline rather than our engine
+
+    def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults filled in; unknown names and bad values raise with the allowed ones listed."""
+        params = dict(params or {})
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            allowed = ", ".join(self.params) or "none"
+            raise KeyError(f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; allowed: {allowed}")
+        resolved = {}
+        for name, spec in self.params.items():
+            value = params.get(name, spec.default)
+            if isinstance(value, bool) and spec.kind is int:
+                raise ValueError(f"method {self.name!r} parameter {name!r} must be an integer, got {value!r}")
+            if not isinstance(value, spec.kind):
+                kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+                raise ValueError(
+                    f"method {self.name!r} parameter {name!r} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}"
+                )
+            if spec.minimum is not None and value < spec.minimum:
+                raise ValueError(f"method {self.name!r} parameter {name!r} must be >= {spec.minimum}, got {value!r}")
+            if spec.check is not None:
+                spec.check(value)
+            resolved[name] = value
+        return resolved
+
+    def create(self, target: TargetModel, head: DraftHead | None, params: Mapping[str, Any] | None = None) -> Decoder:
+        if self.needs_head and head is None:
+            raise ValueError(f"method {self.name!r} needs a draft head; the model has none configured")
+        return self.build(target, head, self.resolve(params))
+
+
+def _engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | None) -> Decoder:
+    def decode(prompt_ids, *, max_new_tokens, sampling, stop_token_ids, generator, profile=False):
+        proposer = make_proposer() if make_proposer is not None else None
+        return generate(
+            target,
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            proposer=proposer,
+            sampling=sampling,
+            stop_token_ids=stop_token_ids,
+            generator=generator,
+            profile=profile,
+        )
+
+    return decode
+
+
+def _check_tree(value: Any) -> None:
+    if isinstance(value, str):
+        load_static_tree(value)
+    else:
+        load_static_tree([list(path) for path in value])
+
+
+def _build_vanilla(target, head, params) -> Decoder:
+    return _engine_decoder(target, None)
+
+
+def _build_eagle1(target, head, params) -> Decoder:
+    tree = params["tree"] if isinstance(params["tree"], str) else [list(p) for p in params["tree"]]
+    return _engine_decoder(target, lambda: StaticTreeProposer(head, target, tree=tree))
+
+
+def _build_eagle2(target, head, params) -> Decoder:
+    return _engine_decoder(
+        target,
+        lambda: DynamicTreeProposer(head, target, depth=params["depth"], top_k=params["top_k"], total_tokens=params["total_tokens"]),
+    )
+
+
+class ForwardCounter:
+    """Counts a module's forward calls through a public forward hook (no patching)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.count = 0
+        self._handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def _hf_decoder(target: TargetModel, extra: Mapping[str, Any]) -> Decoder:
+    model = target.model
+
+    def decode(prompt_ids, *, max_new_tokens, sampling, stop_token_ids, generator, profile=False):
+        if generator is not None and not sampling.greedy:
+            # transformers' sampling draws from the global RNG; seed it from our generator so a
+            # seed still fixes the output.
+            torch.manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=not sampling.greedy,
+            temperature=sampling.temperature if not sampling.greedy else None,
+            top_p=sampling.top_p if not sampling.greedy else None,
+            top_k=sampling.top_k if not sampling.greedy else None,
+            eos_token_id=sorted(stop_token_ids) or None,
+            pad_token_id=(sorted(stop_token_ids) or [0])[0],
+            **extra,
+        )
+        input_ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=target.device).reshape(1, -1)
+        counter = ForwardCounter(model)
+        try:
+            if target.device.type == "cuda":
+                torch.cuda.synchronize(target.device)
+            started = time.perf_counter()
+            with torch.inference_mode():
+                output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config)
+            if target.device.type == "cuda":
+                torch.cuda.synchronize(target.device)
+            elapsed = time.perf_counter() - started
+        finally:
+            counter.close()
+        new = output[0, input_ids.shape[1] :].tolist()
+        stops = set(stop_token_ids)
+        reason = "eos" if new and new[-1] in stops else "max_new_tokens"
+        forwards = max(counter.count, 1)
+        return GenerationRecord(
+            output_ids=tuple(new),
+            target_forwards=forwards,
+            accept_lengths=(),
+            stop_reason=reason,
+            prefill_time_s=0.0,
+            total_time_s=elapsed,
+        )
+
+    return decode
+
+
+def _build_hf_generate(target, head, params) -> Decoder:
+    return _hf_decoder(target, {})
+
+
+def _build_hf_prompt_lookup(target, head, params) -> Decoder:
+    return _hf_decoder(
+        target,
+        {"prompt_lookup_num_tokens": params["num_tokens"], "max_matching_ngram_size": params["max_ngram"]},
+    )
+
+
+METHODS: Mapping[str, MethodSpec] = MappingProxyType(
+    {
+        "vanilla": MethodSpec(
+            name="vanilla",
+            description="one target forward per token on our engine (the honest baseline)",
+            needs_head=False,
+            params={},
+            build=_build_vanilla,
+        ),
+        "eagle1": MethodSpec(
+            name="eagle1",
+            description="EAGLE-1: a static draft tree of child ranks",
+            needs_head=True,
+            params={
+                "tree": Param(
+                    "mc_sim_7b_63",
+                    (str, list),
+                    f"a built-in tree ({', '.join(builtin_tree_names())}) or a list of paths of child ranks",
+                    check=_check_tree,
+                )
+            },
+            build=_build_eagle1,
+        ),
+        "eagle2": MethodSpec(
+            name="eagle2",
+            description="EAGLE-2: context-aware dynamic draft tree (expand by path confidence, rerank, verify)",
+            needs_head=True,
+            params={
+                "depth": Param(6, int, "deepest drafted token (official depth + 1)", minimum=1),
+                "top_k": Param(10, int, "nodes expanded per depth and children per node", minimum=1),
+                "total_tokens": Param(60, int, "tokens verified per step, root included (official total_token)", minimum=1),
+            },
+            build=_build_eagle2,
+        ),
+        "hf_generate": MethodSpec(
+            name="hf_generate",
+            description="transformers' own generate() (reference for our vanilla)",
+            needs_head=False,
+            params={},
+            build=_build_hf_generate,
+            reference=True,
+        ),
+        "hf_prompt_lookup": MethodSpec(
+            name="hf_prompt_lookup",
+            description="transformers' prompt-lookup decoding (n-gram drafts from the prompt)",
+            needs_head=False,
+            params={
+                "num_tokens": Param(10, int, "drafted tokens per step", minimum=1),
+                "max_ngram": Param(2, int, "longest n-gram matched in the prompt", minimum=1),
+            },
+            build=_build_hf_prompt_lookup,
+            reference=True,
+        ),
+    }
+)
+
+
+def get_method(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": spec.name,
+            "description": spec.description,
+            "needs_head": spec.needs_head,
+            "params": {name: {"default": p.default, "help": p.help} for name, p in spec.params.items()},
+        }
+        for spec in METHODS.values()
+    ]
+

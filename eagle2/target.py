@@ -1,0 +1,155 @@
+"""The target model: a transformers causal LM driven through its public forward.
+
+Every call passes an explicit 4-D additive attention mask, explicit position ids and our own
+TreeKVCache, so the same forward serves the prefill, vanilla decoding and tree verification.
+It returns the logits and the last hidden state after the final norm (the EAGLE head's feature).
+Batch size is 1 throughout, as in the EAGLE papers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from eagle2.cache import TreeKVCache
+from eagle2.tree import DraftTree
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """'auto' is passed through to transformers; names map to torch dtypes."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    aliases = {"fp32": "float32", "fp64": "float64", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+    name = aliases.get(dtype, dtype)
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of: auto, {', '.join(DTYPES)}, {', '.join(aliases)}")
+    return DTYPES[name]
+
+
+@dataclass(frozen=True)
+class TargetOutput:
+    logits: torch.Tensor  # [q_logits, vocab], float32 (float64 when the model is float64)
+    hidden: torch.Tensor  # [q, hidden], model dtype: last hidden state after the final norm
+
+
+class TargetModel:
+    """Adapter over a transformers decoder-only LM (Llama, Mistral, Qwen2/3 and the like)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model.eval()
+        self.decoder: nn.Module = model.get_decoder()
+        self.lm_head: nn.Module = model.get_output_embeddings()
+        self.embed_tokens: nn.Module = model.get_input_embeddings()
+        self.config = model.config.get_text_config()
+        self.num_layers: int = self.config.num_hidden_layers
+        self.hidden_size: int = self.config.hidden_size
+        self.vocab_size: int = self.lm_head.weight.shape[0]
+        self.max_context: int = int(getattr(self.config, "max_position_embeddings", 1 << 30))
+        parameters = inspect.signature(self.decoder.forward).parameters
+        # transformers renamed `past_key_values` to `cache` in 5.2x; accept either.
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        if getattr(self.config, "sliding_window", None) and getattr(self.config, "use_sliding_window", True):
+            if self.config.sliding_window < self.max_context:
+                logger.warning(
+                    "%s uses sliding-window attention (window %d); this engine attends to the full context, "
+                    "which equals the model only while the context is shorter than the window",
+                    type(model).__name__,
+                    self.config.sliding_window,
+                )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        gguf_file: str | None = None,
+        dtype: str | torch.dtype = "auto",
+        device: str | None = None,
+        device_map: str | dict | None = None,
+        attn_implementation: str = "sdpa",
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> "TargetModel":
+        """Load a local path, hub id or GGUF file (name_or_path = its folder, gguf_file = its name)."""
+        kwargs: dict = {"dtype": parse_dtype(dtype), "attn_implementation": attn_implementation}
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        if revision is not None:
+            kwargs["revision"] = revision
+        if trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        if device_map is None and device is not None:
+            model = model.to(device)
+        return cls(model)
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    def new_cache(self, capacity: int) -> TreeKVCache:
+        return TreeKVCache(self.num_layers, capacity)
+
+    def attention_mask(self, prefix_length: int, query_length: int, tree: DraftTree | None) -> torch.Tensor:
+        """[1, 1, q, prefix + q] additive mask: the prefix is visible to all; within the new tokens,
+        causal order, or for a tree each node sees its ancestors and itself."""
+        device, dtype = self.device, self.dtype
+        mask = torch.zeros(1, 1, query_length, prefix_length + query_length, dtype=dtype, device=device)
+        if query_length == 1:
+            return mask
+        if tree is None:
+            visible = torch.ones(query_length, query_length, dtype=torch.bool, device=device).tril()
+        else:
+            visible = tree.ancestor_mask
+        mask[0, 0, :, prefix_length:].masked_fill_(~visible, torch.finfo(dtype).min)
+        return mask
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: TreeKVCache,
+        *,
+        tree: DraftTree | None = None,
+        logits_for: torch.Tensor | slice | None = None,
+    ) -> TargetOutput:
+        """Append `input_ids` ([q] long) after the cache's entries and run the model on them.
+
+        Without a tree the tokens are a causal sequence; with one they are its nodes (input_ids =
+        tree.tokens), placed at prefix + depth. `logits_for` selects the rows that get logits
+        (default: all); the hidden state is returned for every row.
+        """
+        prefix = cache.length
+        query_length = input_ids.shape[0]
+        if tree is None:
+            positions = torch.arange(prefix, prefix + query_length, device=input_ids.device)
+        else:
+            positions = tree.depths + prefix
+        outputs = self.decoder(
+            input_ids=input_ids.unsqueeze(0),
+            attention_mask=self.attention_mask(prefix, query_length, tree),
+            position_ids=positions.unsqueeze(0),
+            use_cache=True,
+            **{self._cache_argument: cache},
+        )
+        hidden = outputs.last_hidden_state[0]
+        selected = hidden if logits_for is None else hidden[logits_for]
+        logits = self.lm_head(selected)
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        return TargetOutput(logits=logits, hidden=hidden)
