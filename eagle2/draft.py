@@ -60,6 +60,8 @@ class HeadDrafter:
     def __init__(self, head: DraftHead, target: TargetModel, draft_vocab: torch.Tensor | None = None) -> None:
         self.head = head.to(device=target.device, dtype=target.dtype).eval()
         self.target = target
+        if draft_vocab is None:
+            draft_vocab = head.draft_vocab
         lm_head = target.lm_head
         # With a reduced draft vocabulary (FR-Spec), only those rows of lm_head are scored.
         self.draft_vocab = None if draft_vocab is None else draft_vocab.to(target.device)

@@ -29,6 +29,9 @@ EMBEDDING_KEY = "embed_tokens.weight"
 CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 TORCH_NAME = "pytorch_model.bin"
+# Optional (not in the official layout): a reduced draft vocabulary (FR-Spec style), the token ids
+# whose lm_head rows the drafter scores; tensor "token_ids", int64 [N].
+DRAFT_VOCAB_NAME = "draft_vocab.safetensors"
 
 
 class DraftAttention(nn.Module):
@@ -89,6 +92,8 @@ class DraftHead(nn.Module):
         self.fc = nn.Linear(2 * hidden, hidden, bias=bool(getattr(config, "bias", True)))
         self.layers = nn.ModuleList(DraftDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.rotary = LlamaRotaryEmbedding(config)
+        # Token ids the drafter may propose (None = the whole vocabulary); not a parameter.
+        self.draft_vocab: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -184,6 +189,10 @@ class DraftHead(nn.Module):
             if tuple(tensor.shape) != tuple(expected[key].shape):
                 raise ValueError(f"{folder}: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
         head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+        if (folder / DRAFT_VOCAB_NAME).is_file():
+            from safetensors.torch import load_file
+
+            head.draft_vocab = load_file(str(folder / DRAFT_VOCAB_NAME))["token_ids"].long()
         return head
 
     def save_pretrained(self, folder: str | Path, *, embedding: torch.Tensor | None = None, extra_config: dict | None = None) -> Path:
@@ -200,6 +209,8 @@ class DraftHead(nn.Module):
         if embedding is not None:
             tensors[EMBEDDING_KEY] = embedding.detach().contiguous().cpu()
         save_file(tensors, str(folder / SAFETENSORS_NAME), metadata={"format": "pt"})
+        if self.draft_vocab is not None:
+            save_file({"token_ids": self.draft_vocab.detach().long().contiguous().cpu()}, str(folder / DRAFT_VOCAB_NAME))
         return folder
 
 
