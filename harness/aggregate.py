@@ -1,0 +1,527 @@
+"""Aggregation of run results: per-group speed, speedup vs vanilla, acceptance and the lossless check.
+
+Input is one or more run directories written by the runner (``results.jsonl``, ``failures.jsonl``,
+``manifest.json``); shards of one run are merged, and a record that appears twice (same cell,
+repeat, question and turn, e.g. after a resume or an overlapping shard) is kept once, the last
+one read. Everything here is pure pandas/numpy; figures and files are ``harness.report``'s job.
+
+A *group* is (model, task, method, params, temperature), ``params`` being the canonical string of
+``method_params``. For each group :func:`summarize` reports:
+
+- ``tokens_per_s``: total new tokens / total wall time (prefill included) over the group's records.
+- ``speedup``: tokens/s of the group divided by tokens/s of vanilla decoding of the same model,
+  task and temperature, both computed over the (seed, question, turn) samples that the two share
+  (ratio of totals, so long answers weigh more, as in the EAGLE papers), with a 95% percentile
+  bootstrap interval that resamples questions (all turns, seeds and repeats of a question move
+  together) with a seeded ``numpy.random.Generator``. No vanilla: NaN and a ``note``.
+- ``tau``: total new tokens / total target forwards (the prefill counts as one forward, so vanilla
+  is exactly 1).
+- ``alpha_d<N>``: acceptance rate at draft depth N = steps that accepted a depth-N draft / steps
+  in which a depth-N draft was checked (its whole path above it had been accepted).
+- ``prefill_share``, ``draft_share``, ``verify_share``, ``other_share``: fractions of the total
+  wall time, over the records whose phases were profiled (NaN when none were).
+- ``draft_tokens_per_step``: tokens sent to the target per forward, pooled over forwards.
+- ``accuracy``: mean of ``correct`` over the records that have it (GSM8K, HumanEval).
+- ``failures``: recorded failures of the group that no later record superseded.
+- ``lossless_compared`` / ``lossless_mismatches``: at temperature 0, every non-vanilla output is
+  compared with vanilla's ``output_ids`` for the same (model, task, seed, question, turn); any
+  difference is a mismatch (speculative decoding must be lossless under greedy decoding).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.jsonl"
+FAILURES_FILE = "failures.jsonl"
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+VANILLA = "vanilla"
+GROUP_KEYS: tuple[str, ...] = ("model", "task", "method", "params", "temperature")
+# A record is identified by these; a later duplicate replaces an earlier one.
+RECORD_KEYS: tuple[str, ...] = ("cell_id", "repeat", "question_id", "turn")
+# What a speculative sample and its vanilla counterpart share (model, task, temperature are fixed
+# within a comparison).
+SAMPLE_KEYS: tuple[str, ...] = ("seed", "question_id", "turn")
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+CONFIDENCE_LEVEL = 0.95
+
+REQUIRED_FIELDS: tuple[str, ...] = (
+    "cell_id", "model", "task", "method", "temperature", "question_id", "turn",
+    "new_tokens", "wall_time_s", "target_forwards", "output_ids",
+)
+# Optional fields and the value that stands for "not recorded".
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "run_id": "",
+    "model_source": "",
+    "method_params": None,  # -> {}
+    "top_p": 1.0,
+    "top_k": 0,
+    "seed": 0,
+    "repeat": 0,
+    "category": "",
+    "prompt_tokens": 0,
+    "prefill_time_s": 0.0,
+    "draft_time_s": 0.0,
+    "verify_time_s": 0.0,
+    "other_time_s": 0.0,
+    "accept_lengths": None,  # -> []
+    "depth_reached": None,
+    "depth_accepted": None,
+    "confidence_checked": None,
+    "confidence_accepted": None,
+    "draft_tokens_per_step": math.nan,
+    "stop_reason": "",
+    "output_text": "",
+    "finished_at": "",
+    "correct": None,
+}
+_LIST_FIELDS = ("accept_lengths", "depth_reached", "depth_accepted", "confidence_checked", "confidence_accepted")
+
+
+# ---------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The merged contents of one or more run directories (shards)."""
+
+    records: pd.DataFrame  # one row per (cell, repeat, question, turn); adds a ``params`` column
+    failures: pd.DataFrame  # failures not superseded by a record; adds ``params``
+    manifests: tuple[dict[str, Any], ...]  # one per run dir that has a manifest, in the order given
+    run_dirs: tuple[Path, ...]
+
+
+def canonical_params(params: Mapping[str, Any] | None) -> str:
+    """``{"top_k": 10, "depth": 6}`` -> ``"depth=6, top_k=10"``: sorted, stable, readable.
+
+    Strings are written bare, everything else as compact JSON (so a tree given as a path list
+    stays exact). An empty mapping gives ``""``.
+    """
+    if not params:
+        return ""
+    parts = []
+    for name in sorted(params):
+        value = params[name]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"))
+        parts.append(f"{name}={text}")
+    return ", ".join(parts)
+
+
+def parse_params(params: str) -> dict[str, Any]:
+    """Inverse of :func:`canonical_params` for scalar values (strings stay strings)."""
+    out: dict[str, Any] = {}
+    if not params:
+        return out
+    for part in _split_params(params):
+        name, _, text = part.partition("=")
+        try:
+            out[name] = json.loads(text)
+        except json.JSONDecodeError:
+            out[name] = text
+    return out
+
+
+def _split_params(params: str) -> list[str]:
+    # Split on ", " at bracket depth 0 (JSON values are compact, so they never contain ", ").
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(params):
+        if ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0 and params[i + 1 : i + 2] == " ":
+            parts.append(params[start:i])
+            start = i + 2
+    parts.append(params[start:])
+    return parts
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON object of a JSONL file; a torn last line (a crash mid-write) is skipped."""
+    rows: list[dict[str, Any]] = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines):
+                logger.warning("%s:%d: skipping a truncated last line (%s)", path, number, error)
+                continue
+            raise ValueError(f"{path}:{number}: not valid JSON ({error})") from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _normalise_record(row: dict[str, Any], where: str) -> dict[str, Any]:
+    schema = row.get("schema", SCHEMA_VERSION)
+    if schema != SCHEMA_VERSION:
+        raise ValueError(f"{where}: results schema {schema!r} is not supported (this harness reads schema {SCHEMA_VERSION})")
+    missing = [name for name in REQUIRED_FIELDS if name not in row]
+    if missing:
+        raise ValueError(f"{where}: record lacks required field(s) {', '.join(missing)}")
+    out = dict(row)
+    for name, default in OPTIONAL_DEFAULTS.items():
+        if out.get(name) is None:
+            out[name] = default
+    out["method_params"] = dict(out["method_params"] or {})
+    for name in _LIST_FIELDS:
+        out[name] = list(out[name] or [])
+    out["output_ids"] = list(out["output_ids"])
+    out["question_id"] = str(out["question_id"])
+    out["temperature"] = float(out["temperature"])
+    out["params"] = canonical_params(out["method_params"])
+    return out
+
+
+def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
+    """Read and merge run directories (shards), later ones overriding earlier duplicates."""
+    if isinstance(run_dirs, (str, Path)):
+        run_dirs = [run_dirs]
+    dirs = tuple(Path(d) for d in run_dirs)
+    if not dirs:
+        raise ValueError("no run directory given")
+    records: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    manifests: list[dict[str, Any]] = []
+    for run_dir in dirs:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run directory {run_dir} does not exist")
+        results_path, failures_path, manifest_path = (run_dir / RESULTS_FILE, run_dir / FAILURES_FILE, run_dir / MANIFEST_FILE)
+        if not (results_path.exists() or failures_path.exists() or manifest_path.exists()):
+            raise FileNotFoundError(
+                f"{run_dir} is not a run directory: expected {RESULTS_FILE}, {FAILURES_FILE} or {MANIFEST_FILE} in it"
+            )
+        if results_path.exists():
+            for i, row in enumerate(_read_jsonl(results_path)):
+                records.append(_normalise_record(row, f"{results_path} record {i + 1}"))
+        if failures_path.exists():
+            for row in _read_jsonl(failures_path):
+                row = dict(row)
+                row["params"] = canonical_params(row.get("method_params"))
+                row["temperature"] = float(row["temperature"]) if row.get("temperature") is not None else math.nan
+                row["question_id"] = None if row.get("question_id") is None else str(row["question_id"])
+                failures.append(row)
+        if manifest_path.exists():
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = dict(manifest, _run_dir=str(run_dir))
+            manifests.append(manifest)
+
+    record_frame = pd.DataFrame.from_records(records)
+    if record_frame.empty:
+        record_frame = pd.DataFrame(columns=[*REQUIRED_FIELDS, *OPTIONAL_DEFAULTS, "params"])
+    else:
+        before = len(record_frame)
+        record_frame = record_frame.drop_duplicates(subset=list(RECORD_KEYS), keep="last").reset_index(drop=True)
+        if len(record_frame) < before:
+            logger.info("merged %d duplicate record(s) (kept the last of each)", before - len(record_frame))
+
+    failure_frame = pd.DataFrame.from_records(failures)
+    failure_columns = ["cell_id", "model", "task", "method", "params", "temperature", "question_id", "turn", "error_type", "error"]
+    if failure_frame.empty:
+        failure_frame = pd.DataFrame(columns=failure_columns)
+    else:
+        for name in failure_columns:
+            if name not in failure_frame:
+                failure_frame[name] = None
+        failure_frame = failure_frame.drop_duplicates(subset=["cell_id", "question_id", "turn"], keep="last")
+        # A failure that a later (resumed) run turned into a record no longer counts.
+        if not record_frame.empty:
+            done = set(zip(record_frame["cell_id"], record_frame["question_id"], record_frame["turn"]))
+            keep = [
+                (c, q, t) not in done
+                for c, q, t in zip(failure_frame["cell_id"], failure_frame["question_id"], failure_frame["turn"])
+            ]
+            failure_frame = failure_frame[keep]
+        failure_frame = failure_frame.reset_index(drop=True)
+    return RunData(records=record_frame, failures=failure_frame, manifests=tuple(manifests), run_dirs=dirs)
+
+
+# ------------------------------------------------------------------------------------ aggregation
+
+
+@dataclass(frozen=True)
+class Speedup:
+    value: float  # ratio of tokens/s over the shared samples; NaN without vanilla
+    low: float  # bootstrap percentile interval
+    high: float
+    samples: int  # shared (seed, question, turn) samples
+    questions: int  # distinct questions among them
+    vanilla_tokens_per_s: float  # vanilla's tokens/s over the same samples
+
+
+_NO_SPEEDUP = Speedup(math.nan, math.nan, math.nan, 0, 0, math.nan)
+
+
+def paired_speedup(
+    method_records: pd.DataFrame,
+    vanilla_records: pd.DataFrame,
+    *,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = CONFIDENCE_LEVEL,
+) -> Speedup:
+    """Speedup of ``method_records`` over ``vanilla_records`` on the samples both have.
+
+    Both frames hold one model, task and temperature. Repeats of a sample are summed (tokens and
+    time) on each side. The interval resamples questions with replacement ``n_boot`` times with
+    ``numpy.random.default_rng(seed)``, so it does not depend on which other groups exist.
+    """
+    if method_records.empty or vanilla_records.empty:
+        return _NO_SPEEDUP
+    keys = list(SAMPLE_KEYS)
+    ours = method_records.groupby(keys, sort=False)[["new_tokens", "wall_time_s"]].sum()
+    theirs = vanilla_records.groupby(keys, sort=False)[["new_tokens", "wall_time_s"]].sum()
+    shared = ours.add_suffix("_m").join(theirs.add_suffix("_v"), how="inner")
+    if shared.empty:
+        return _NO_SPEEDUP
+    per_question = shared.groupby(level="question_id", sort=True).sum()
+    m_tok, m_time, v_tok, v_time = (
+        per_question[c].to_numpy(dtype=float) for c in ("new_tokens_m", "wall_time_s_m", "new_tokens_v", "wall_time_s_v")
+    )
+
+    def ratio(mt: np.ndarray, ms: np.ndarray, vt: np.ndarray, vs: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (mt / ms) / (vt / vs)
+
+    value = float(ratio(m_tok.sum(), m_time.sum(), v_tok.sum(), v_time.sum()))
+    n = len(per_question)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, n, size=(n_boot, n))  # (n_boot, n): question indices per resample
+    boots = ratio(m_tok[index].sum(1), m_time[index].sum(1), v_tok[index].sum(1), v_time[index].sum(1))
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.nanpercentile(boots, [tail, 100.0 - tail]) if np.isfinite(boots).any() else (math.nan, math.nan)
+    vanilla_tps = float(v_tok.sum() / v_time.sum()) if v_time.sum() > 0 else math.nan
+    return Speedup(value, float(low), float(high), len(shared), n, vanilla_tps)
+
+
+def _sum_lists(lists: Iterable[Sequence[int]]) -> np.ndarray:
+    lists = [np.asarray(x, dtype=float) for x in lists if len(x)]
+    if not lists:
+        return np.zeros(0)
+    width = max(len(x) for x in lists)
+    total = np.zeros(width)
+    for x in lists:
+        total[: len(x)] += x
+    return total
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den else math.nan
+
+
+def lossless_table(records: pd.DataFrame) -> pd.DataFrame:
+    """One row per temperature-0, non-vanilla record: whether its output equals vanilla's.
+
+    The reference is vanilla's record for the same (model, task, seed, question, turn), its lowest
+    repeat. Columns: the group keys, ``seed, question_id, turn, repeat, has_reference, match,
+    first_diff`` (first differing position, -1 when equal or no reference), ``method_len``,
+    ``vanilla_len``.
+    """
+    columns = [*GROUP_KEYS, "seed", "question_id", "turn", "repeat", "has_reference", "match", "first_diff", "method_len", "vanilla_len"]
+    if records.empty:
+        return pd.DataFrame(columns=columns)
+    greedy = records[records["temperature"] == 0.0]
+    reference: dict[tuple, list[int]] = {}
+    for row in greedy[greedy["method"] == VANILLA].sort_values("repeat", kind="stable").itertuples(index=False):
+        reference.setdefault((row.model, row.task, row.seed, row.question_id, row.turn), row.output_ids)
+    rows = []
+    for row in greedy[greedy["method"] != VANILLA].itertuples(index=False):
+        ref = reference.get((row.model, row.task, row.seed, row.question_id, row.turn))
+        ours = list(row.output_ids)
+        if ref is None:
+            match, first_diff = False, -1
+        else:
+            ref = list(ref)
+            match = ours == ref
+            first_diff = -1 if match else next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), min(len(ours), len(ref)))
+        rows.append(
+            {
+                **{k: getattr(row, k) for k in GROUP_KEYS},
+                "seed": row.seed, "question_id": row.question_id, "turn": row.turn, "repeat": row.repeat,
+                "has_reference": ref is not None, "match": bool(match), "first_diff": first_diff,
+                "method_len": len(ours), "vanilla_len": -1 if ref is None else len(ref),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def summarize(
+    run: RunData,
+    *,
+    by: Sequence[str] = (),
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> pd.DataFrame:
+    """One row per group (plus the extra ``by`` columns, e.g. ``("category",)``); see the module doc.
+
+    Groups that only have failures appear with ``n_samples == 0`` and NaN metrics. Rows are sorted
+    by model, task, temperature, method and params, vanilla first.
+    """
+    records = run.records
+    keys = [*GROUP_KEYS, *by]
+    lossless = lossless_table(records)
+    rows: list[dict[str, Any]] = []
+    max_depth = 0
+    if not records.empty:
+        vanilla_by_setting = {
+            key: frame for key, frame in records[records["method"] == VANILLA].groupby(["model", "task", "temperature"], sort=False)
+        }
+        for key, group in records.groupby(keys, sort=False, dropna=False):
+            row: dict[str, Any] = dict(zip(keys, key))
+            notes: list[str] = []
+            new_tokens = int(group["new_tokens"].sum())
+            wall = float(group["wall_time_s"].sum())
+            forwards = int(group["target_forwards"].sum())
+            row.update(
+                n_questions=int(group["question_id"].nunique()),
+                n_samples=len(group),
+                new_tokens=new_tokens,
+                time_s=wall,
+                tokens_per_s=_ratio(new_tokens, wall),
+                tau=_ratio(new_tokens, forwards),
+                target_forwards=forwards,
+            )
+            vanilla = vanilla_by_setting.get((row["model"], row["task"], row["temperature"]))
+            if vanilla is None:
+                speed = _NO_SPEEDUP
+                notes.append("no vanilla run of this model/task/temperature: speedup not computed")
+            else:
+                speed = paired_speedup(group, vanilla, n_boot=n_boot, seed=seed)
+                if speed.samples == 0:
+                    notes.append("no (seed, question, turn) in common with vanilla: speedup not computed")
+                elif speed.samples < len(group):
+                    notes.append(f"speedup over {speed.samples} of {len(group)} samples (those vanilla also has)")
+            row.update(
+                vanilla_tokens_per_s=speed.vanilla_tokens_per_s,
+                speedup=speed.value,
+                speedup_lo=speed.low,
+                speedup_hi=speed.high,
+                n_paired=speed.samples,
+            )
+            # Phase shares, over the records whose phases were profiled.
+            profiled = group[(group["draft_time_s"] + group["verify_time_s"] + group["other_time_s"]) > 0]
+            profiled_wall = float(profiled["wall_time_s"].sum())
+            for phase in ("prefill", "draft", "verify", "other"):
+                row[f"{phase}_share"] = _ratio(profiled[f"{phase}_time_s"].sum(), profiled_wall) if len(profiled) else math.nan
+            # Pooled over forwards: each record's mean weighted by its number of forwards.
+            dtps = group[["draft_tokens_per_step", "target_forwards"]].dropna()
+            dtps = dtps[dtps["draft_tokens_per_step"] > 0]
+            row["draft_tokens_per_step"] = _ratio((dtps["draft_tokens_per_step"] * dtps["target_forwards"]).sum(), dtps["target_forwards"].sum())
+            scored = group["correct"].dropna()
+            row["accuracy"] = float(scored.astype(bool).mean()) if len(scored) else math.nan
+            row["n_scored"] = len(scored)
+            reached = _sum_lists(group["depth_reached"])
+            accepted = _sum_lists(group["depth_accepted"])
+            accepted = np.pad(accepted, (0, max(0, len(reached) - len(accepted))))
+            for d, (r, a) in enumerate(zip(reached, accepted), start=1):
+                row[f"alpha_d{d}"] = _ratio(a, r)
+            max_depth = max(max_depth, len(reached))
+            if not lossless.empty and not by:
+                mask = np.ones(len(lossless), dtype=bool)
+                for k in GROUP_KEYS:
+                    mask &= (lossless[k] == row[k]).to_numpy()
+                mine = lossless[mask & lossless["has_reference"].to_numpy()]
+                row["lossless_compared"] = len(mine)
+                row["lossless_mismatches"] = int((~mine["match"]).sum())
+                if len(mine) < int(mask.sum()):
+                    notes.append(f"{int(mask.sum()) - len(mine)} greedy output(s) without a vanilla counterpart")
+            else:
+                row["lossless_compared"] = 0
+                row["lossless_mismatches"] = 0
+            if row["lossless_mismatches"]:
+                notes.append(f"LOSSLESS CHECK FAILED: {row['lossless_mismatches']} of {row['lossless_compared']} outputs differ from vanilla")
+            row["note"] = "; ".join(notes)
+            rows.append(row)
+
+    # Failures: counted per group; a group that only failed still gets a row.
+    failure_counts: dict[tuple, int] = {}
+    if not run.failures.empty and not by:
+        for key, frame in run.failures.groupby(list(GROUP_KEYS), sort=False, dropna=False):
+            failure_counts[key] = len(frame)
+    seen = set()
+    for row in rows:
+        key = tuple(row[k] for k in GROUP_KEYS)
+        seen.add(key)
+        row["failures"] = failure_counts.get(key, 0)
+    for key, count in failure_counts.items():
+        if key in seen:
+            continue
+        row = dict(zip(GROUP_KEYS, key), n_questions=0, n_samples=0, new_tokens=0, time_s=0.0, failures=count,
+                   lossless_compared=0, lossless_mismatches=0, note=f"all {count} attempt(s) failed")
+        rows.append(row)
+
+    columns = [
+        *keys, "n_questions", "n_samples", "new_tokens", "time_s", "tokens_per_s", "vanilla_tokens_per_s",
+        "speedup", "speedup_lo", "speedup_hi", "n_paired", "tau", "target_forwards",
+        *(f"alpha_d{d}" for d in range(1, max_depth + 1)),
+        "prefill_share", "draft_share", "verify_share", "other_share", "draft_tokens_per_step",
+        "accuracy", "n_scored", "failures", "lossless_compared", "lossless_mismatches", "note",
+    ]
+    summary = pd.DataFrame(rows, columns=columns)
+    if summary.empty:
+        return summary
+    for name in ("n_questions", "n_samples", "new_tokens", "n_paired", "target_forwards", "n_scored", "failures", "lossless_compared", "lossless_mismatches"):
+        summary[name] = summary[name].fillna(0).astype(int)
+    summary["note"] = summary["note"].fillna("")
+    summary["_vanilla_last"] = summary["method"] != VANILLA
+    summary = summary.sort_values(["model", "task", "temperature", *by, "_vanilla_last", "method", "params"], kind="stable")
+    return summary.drop(columns="_vanilla_last").reset_index(drop=True)
+
+
+def depth_table(run: RunData) -> pd.DataFrame:
+    """Long format: per group and depth d (1-based), steps that reached / accepted depth d, α_d."""
+    rows = []
+    if not run.records.empty:
+        for key, group in run.records.groupby(list(GROUP_KEYS), sort=False):
+            reached = _sum_lists(group["depth_reached"])
+            accepted = _sum_lists(group["depth_accepted"])
+            accepted = np.pad(accepted, (0, max(0, len(reached) - len(accepted))))
+            for d, (r, a) in enumerate(zip(reached, accepted), start=1):
+                rows.append({**dict(zip(GROUP_KEYS, key)), "depth": d, "reached": int(r), "accepted": int(a), "alpha": _ratio(a, r)})
+    return pd.DataFrame(rows, columns=[*GROUP_KEYS, "depth", "reached", "accepted", "alpha"])
+
+
+def calibration_table(run: RunData) -> pd.DataFrame:
+    """Long format: per group and confidence bin, drafted tokens checked / accepted by the target.
+
+    Bin i of B covers draft probability [i/B, (i+1)/B); ``rate`` = accepted / checked.
+    """
+    rows = []
+    if not run.records.empty:
+        for key, group in run.records.groupby(list(GROUP_KEYS), sort=False):
+            checked = _sum_lists(group["confidence_checked"])
+            accepted = _sum_lists(group["confidence_accepted"])
+            if not len(checked) or checked.sum() == 0:
+                continue
+            accepted = np.pad(accepted, (0, max(0, len(checked) - len(accepted))))
+            bins = len(checked)
+            for i, (c, a) in enumerate(zip(checked, accepted)):
+                rows.append(
+                    {**dict(zip(GROUP_KEYS, key)), "bin": i, "low": i / bins, "high": (i + 1) / bins,
+                     "checked": int(c), "accepted": int(a), "rate": _ratio(a, c)}
+                )
+    return pd.DataFrame(rows, columns=[*GROUP_KEYS, "bin", "low", "high", "checked", "accepted", "rate"])
+
+
+def group_key(row: Mapping[str, Any]) -> str:
+    """A stable string for a group, used as the key of baseline files: ``model|task|method|params|T=t``."""
+    return f"{row['model']}|{row['task']}|{row['method']}|{row['params']}|T={float(row['temperature']):g}"

@@ -1,0 +1,175 @@
+"""A small hand-made run (two shards) with numbers chosen so the expected aggregates are easy to
+compute by hand. Shared by test_aggregate, test_report and test_check.
+
+Model ``tiny``, seed 0. Times in seconds.
+
+mtbench, T = 0
+  vanilla                q1/t1 10 tok 1.0 s 10 fwd | q1/t2 10 tok 1.0 s 10 fwd | q2/t1 20 tok 2.0 s 20 fwd | q3/t1 20 tok 4.0 s 20 fwd
+                         -> 60 tok / 8.0 s = 7.5 tok/s, tau 1
+  eagle2 d=3 k=2 n=8     q1/t1 10 tok 0.5 s 4 fwd  | q1/t2 10 tok 0.5 s 5 fwd  | q2/t1 20 tok 1.0 s 8 fwd  | q3/t1 20 tok 1.0 s 7 fwd
+                         -> 60 tok / 3.0 s = 20 tok/s, speedup 20 / 7.5 = 8/3, tau 60/24 = 2.5
+                         depth reached [20,16,10], accepted [16,10,4] -> alpha 0.8, 0.625, 0.4
+                         phases (prefill, draft, verify, other) total (0.4, 0.8, 1.5, 0.3) of 3.0 s
+                         draft tokens/step 6,6,7,7 over 4,5,8,7 fwd -> 159/24 = 6.625
+                         q3's output differs from vanilla's at position 19 -> 1 lossless mismatch of 4
+                         per question speedup: q1 2, q2 2, q3 4 -> bootstrap interval inside [2, 4]
+  eagle1 tree=mc_sim_7b_63  q1/t1 10 tok 0.8 s 5 fwd | q2/t1 20 tok 1.2 s 10 fwd
+                         -> 15 tok/s; vanilla on the same two samples 30 / 3.0 = 10 tok/s -> speedup 1.5, tau 2
+mtbench, T = 1
+  vanilla                q1/t1 10 tok 1.0 s 10 fwd
+  eagle2 d=3 k=2 n=8     q1/t1 12 tok 0.5 s 5 fwd -> speedup 24 / 10 = 2.4, tau 2.4; 1 failure (q2, OOM)
+gsm8k, T = 0 (no vanilla)
+  eagle2 d=3 k=2 n=8     q1 10 tok 1 s 5 fwd correct | q2 10 tok 1 s 5 fwd wrong | q3 10 tok 1 s 5 fwd unscored
+                         -> speedup NaN with a note, accuracy 1/2, no lossless comparison
+  eagle1                 only failures (2)
+
+Shard 1 also holds a stale copy of vanilla mtbench T=0 q1/t1 (100 s) and a failure of eagle2 mtbench
+T=0 q1/t1; shard 2 holds the real record, so the merge must keep the latter and drop the failure.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.aggregate import canonical_params
+
+MODEL = "tiny"
+EAGLE2_PARAMS = {"depth": 3, "top_k": 2, "total_tokens": 8}
+EAGLE1_PARAMS = {"tree": "mc_sim_7b_63"}
+EAGLE2 = canonical_params(EAGLE2_PARAMS)  # "depth=3, top_k=2, total_tokens=8"
+EAGLE1 = canonical_params(EAGLE1_PARAMS)
+
+
+def _ids(question: str, turn: int, n: int) -> list[int]:
+    base = 1000 * int(question[1:]) + 100 * turn
+    return list(range(base, base + n))
+
+
+def record(
+    method: str,
+    question: str,
+    turn: int,
+    new_tokens: int,
+    wall: float,
+    forwards: int,
+    *,
+    task: str = "mtbench",
+    temperature: float = 0.0,
+    params: dict[str, Any] | None = None,
+    phases: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
+    reached: list[int] | None = None,
+    accepted: list[int] | None = None,
+    dtps: float = 1.0,
+    output_ids: list[int] | None = None,
+    correct: bool | None = None,
+    category: str | None = None,
+    checked: list[int] | None = None,
+    conf_accepted: list[int] | None = None,
+) -> dict[str, Any]:
+    params = dict(params or {})
+    cell_id = f"{MODEL}/{task}/{method}/{canonical_params(params)}/T{temperature:g}/s0"
+    prefill, draft, verify, other = phases
+    row = {
+        "schema": 1, "run_id": "fixture", "cell_id": cell_id, "model": MODEL, "model_source": "embedded",
+        "task": task, "method": method, "method_params": params, "temperature": temperature, "top_p": 1.0,
+        "top_k": 0, "seed": 0, "repeat": 0, "question_id": question,
+        "category": category or ("writing" if question == "q1" else "math"), "turn": turn,
+        "prompt_tokens": 20, "new_tokens": new_tokens, "wall_time_s": wall, "prefill_time_s": prefill,
+        "draft_time_s": draft, "verify_time_s": verify, "other_time_s": other, "target_forwards": forwards,
+        "accept_lengths": [1] * forwards, "depth_reached": reached or [], "depth_accepted": accepted or [],
+        "confidence_checked": checked or [0] * 20, "confidence_accepted": conf_accepted or [0] * 20,
+        "draft_tokens_per_step": dtps, "stop_reason": "max_new_tokens",
+        "output_ids": output_ids if output_ids is not None else _ids(question, turn, new_tokens),
+        "output_text": "...", "finished_at": "2025-01-01T00:00:00Z",
+    }
+    if correct is not None or task == "gsm8k":
+        row["correct"] = correct
+    return row
+
+
+def failure(method: str, question: str | None, *, task: str = "mtbench", temperature: float = 0.0, params: dict | None = None) -> dict[str, Any]:
+    params = dict(params or {})
+    return {
+        "cell_id": f"{MODEL}/{task}/{method}/{canonical_params(params)}/T{temperature:g}/s0", "model": MODEL,
+        "task": task, "method": method, "method_params": params, "temperature": temperature,
+        "question_id": question, "turn": 1, "error_type": "OutOfMemoryError", "error": "CUDA out of memory",
+        "finished_at": "2025-01-01T00:00:00Z",
+    }
+
+
+def _conf(pairs: dict[int, int]) -> list[int]:
+    out = [0] * 20
+    for i, n in pairs.items():
+        out[i] = n
+    return out
+
+
+def records() -> tuple[list[dict], list[dict]]:
+    """(shard 1 records, shard 2 records)."""
+    e2 = dict(params=EAGLE2_PARAMS)
+    q3_wrong = _ids("q3", 1, 20)
+    q3_wrong[19] = 7
+    shard1 = [
+        record("vanilla", "q1", 1, 10, 100.0, 10),  # stale, replaced by shard 2
+        record("vanilla", "q1", 2, 10, 1.0, 10),
+        record("vanilla", "q2", 1, 20, 2.0, 20),
+        record("vanilla", "q3", 1, 20, 4.0, 20),
+        record("eagle2", "q1", 1, 10, 0.5, 4, phases=(0.1, 0.1, 0.25, 0.05), reached=[3, 3, 2], accepted=[3, 2, 1], dtps=6.0,
+               checked=_conf({19: 6, 10: 4}), conf_accepted=_conf({19: 5, 10: 2}), **e2),
+        record("eagle2", "q1", 2, 10, 0.5, 5, phases=(0.1, 0.1, 0.25, 0.05), reached=[4, 3, 1], accepted=[3, 1, 0], dtps=6.0,
+               checked=_conf({19: 4, 2: 10}), conf_accepted=_conf({19: 4, 2: 1}), **e2),
+    ]
+    shard2 = [
+        record("vanilla", "q1", 1, 10, 1.0, 10),
+        record("eagle2", "q2", 1, 20, 1.0, 8, phases=(0.1, 0.3, 0.5, 0.1), reached=[7, 5, 3], accepted=[5, 3, 1], dtps=7.0, **e2),
+        record("eagle2", "q3", 1, 20, 1.0, 7, phases=(0.1, 0.3, 0.5, 0.1), reached=[6, 5, 4], accepted=[5, 4, 2], dtps=7.0,
+               output_ids=q3_wrong, **e2),
+        record("eagle1", "q1", 1, 10, 0.8, 5, params=EAGLE1_PARAMS, reached=[4], accepted=[3]),
+        record("eagle1", "q2", 1, 20, 1.2, 10, params=EAGLE1_PARAMS, reached=[9], accepted=[6]),
+        record("vanilla", "q1", 1, 10, 1.0, 10, temperature=1.0, output_ids=[1] * 10),
+        record("eagle2", "q1", 1, 12, 0.5, 5, temperature=1.0, output_ids=[2] * 12, **e2),
+        record("eagle2", "q1", 1, 10, 1.0, 5, task="gsm8k", correct=True, **e2),
+        record("eagle2", "q2", 1, 10, 1.0, 5, task="gsm8k", correct=False, **e2),
+        record("eagle2", "q3", 1, 10, 1.0, 5, task="gsm8k", correct=None, **e2),
+    ]
+    return shard1, shard2
+
+
+def failures() -> tuple[list[dict], list[dict]]:
+    shard1 = [failure("eagle2", "q1", params=EAGLE2_PARAMS)]  # superseded by a record
+    shard2 = [
+        failure("eagle2", "q2", temperature=1.0, params=EAGLE2_PARAMS),
+        failure("eagle1", "q1", task="gsm8k"),
+        failure("eagle1", "q2", task="gsm8k"),
+    ]
+    return shard1, shard2
+
+
+def manifest(shard: int) -> dict[str, Any]:
+    return {
+        "run_id": "fixture", "suite": {"name": "fixture-suite"}, "cells": [], "shard": f"{shard}/2",
+        "versions": {"python": "3.12.0", "torch": "2.5.0", "transformers": "5.17.0", "eagle2-bench": "0.1.0"},
+        "git_sha": "0123456789abcdef0123456789abcdef01234567",
+        "hardware": {"device": "cpu", "cpu": "Fixture CPU", "cores": 2},
+        "started_at": "2025-01-01T00:00:00Z", "finished_at": "2025-01-01T01:00:00Z",
+    }
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def write_run(root: Path, name: str = "run") -> list[Path]:
+    """Write the two shards under ``root``; return their directories."""
+    (r1, r2), (f1, f2) = records(), failures()
+    dirs = []
+    for i, (recs, fails) in enumerate(((r1, f1), (r2, f2)), start=1):
+        d = root / f"{name}-shard{i}"
+        d.mkdir(parents=True)
+        write_jsonl(d / "results.jsonl", recs)
+        write_jsonl(d / "failures.jsonl", fails)
+        (d / "manifest.json").write_text(json.dumps(manifest(i)), encoding="utf-8")
+        dirs.append(d)
+    return dirs
