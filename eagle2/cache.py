@@ -92,6 +92,7 @@ class TreeKVCache(Cache):
         for layer in self.layers:
             layer.truncate(length)
 
+    @torch.inference_mode()
     def keep(self, start: int, offsets: list[int]) -> None:
         """After a tree was appended at `start`, keep only the tree nodes `offsets` (increasing), packed."""
         if offsets == list(range(len(offsets))):

@@ -68,6 +68,7 @@ class HeadDrafter:
         weight = lm_head.weight if draft_vocab is None else lm_head.weight[self.draft_vocab]
         bias = getattr(lm_head, "bias", None)
         self.lm_weight = weight.detach()
+        self.vocab_size = weight.shape[0]  # how many distinct tokens the drafter can propose
         self.lm_bias = None if bias is None else (bias if draft_vocab is None else bias[self.draft_vocab]).detach()
         self.cache: list[PositionIndexedLayer] = []
         self.context_length = 0  # head entries that belong to accepted text
@@ -155,8 +156,13 @@ class StaticTreeProposer:
     """EAGLE-1: the same tree of child ranks every step (default mc_sim_7b_63)."""
 
     def __init__(self, head: DraftHead, target: TargetModel, tree: str | list = "mc_sim_7b_63", draft_vocab: torch.Tensor | None = None) -> None:
-        self.shape: StaticTreeShape = load_static_tree(tree)
         self.drafter = HeadDrafter(head, target, draft_vocab)
+        shape = load_static_tree(tree)
+        if max(max(path) for path in shape.paths) >= self.drafter.vocab_size:
+            # A vocabulary smaller than the tree is wide has no token of that rank.
+            paths = [p for p in shape.paths if max(p) < self.drafter.vocab_size]
+            shape = StaticTreeShape.from_paths(paths, name=f"{shape.name}[<{self.drafter.vocab_size}]")
+        self.shape: StaticTreeShape = shape
         self.max_tree_size = self.shape.size
         shape = self.shape
         self.children: list[list[int]] = [[] for _ in range(shape.size)]
@@ -234,7 +240,9 @@ class DynamicTreeProposer:
                 raise ValueError(f"eagle2 {name} must be an integer >= {low}, got {value!r}")
         self.depth, self.top_k, self.total_tokens = depth, top_k, total_tokens
         self.drafter = HeadDrafter(head, target, draft_vocab)
-        self.max_tree_size = min(total_tokens, 1 + top_k + (depth - 1) * top_k * top_k)
+        # A vocabulary smaller than top_k cannot offer top_k distinct children.
+        self.branch = min(top_k, self.drafter.vocab_size)
+        self.max_tree_size = min(total_tokens, 1 + self.branch + (depth - 1) * self.branch**2)
 
     def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int) -> None:
         self.drafter.begin(prompt_ids, prompt_features, root, capacity=prompt_ids.shape[0] + 4 * self.depth * self.top_k + 64)
@@ -244,7 +252,7 @@ class DynamicTreeProposer:
 
     @torch.inference_mode()
     def propose(self, max_depth: int) -> DraftTree:
-        drafter, k = self.drafter, self.top_k
+        drafter, k = self.drafter, self.branch
         device = drafter.target.device
         depth_limit = min(max_depth, self.depth)
         level = drafter.catch_up(k)

