@@ -67,7 +67,7 @@ class MethodSpec:
         for name, spec in self.params.items():
             value = params.get(name, spec.default)
             if isinstance(value, bool) and spec.kind is int:
-                raise ValueError(f"method {self.name!r} parameter {name!r} must be an integer, got {value!r}")
+                raise ValueError(f"method {self.name!r} parameter {name!r} must be int, got {value!r}")
             if not isinstance(value, spec.kind):
                 kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
                 raise ValueError(

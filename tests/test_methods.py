@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from eagle2 import METHODS, SamplingConfig, get_method
+from conftest import random_prompt
+
+
+def test_unknown_method_lists_the_available_ones():
+    with pytest.raises(KeyError, match="available: vanilla, eagle1, eagle2"):
+        get_method("eagle3")
+
+
+def test_parameters_are_validated_with_allowed_values():
+    with pytest.raises(KeyError, match="no parameter 'topk'; allowed: depth, top_k, total_tokens"):
+        METHODS["eagle2"].resolve({"topk": 3})
+    with pytest.raises(ValueError, match="'depth' must be >= 1"):
+        METHODS["eagle2"].resolve({"depth": 0})
+    with pytest.raises(ValueError, match="must be int"):
+        METHODS["eagle2"].resolve({"top_k": "8"})
+    with pytest.raises(ValueError, match="must be int"):
+        METHODS["eagle2"].resolve({"top_k": True})
+    with pytest.raises(KeyError, match="built-in trees"):
+        METHODS["eagle1"].resolve({"tree": "mc_sim_7b_64"})
+    assert METHODS["eagle2"].resolve({"top_k": 4}) == {"depth": 6, "top_k": 4, "total_tokens": 60}
+    assert METHODS["eagle1"].resolve({"tree": [[0], [0, 0]]})["tree"] == [[0], [0, 0]]
+
+
+def test_speculative_methods_need_a_head(target):
+    with pytest.raises(ValueError, match="needs a draft head"):
+        METHODS["eagle2"].create(target, None)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "eagle1", "eagle2", "hf_generate", "hf_prompt_lookup"])
+def test_every_method_decodes_greedy_like_vanilla(target, head, name):
+    prompt = random_prompt(target.vocab_size, 10, 3)
+    stops = {5, 17}
+    reference = METHODS["vanilla"].create(target, None)(
+        prompt, max_new_tokens=24, sampling=SamplingConfig(), stop_token_ids=stops, generator=None
+    )
+    decoder = get_method(name).create(target, head, {})
+    record = decoder(prompt, max_new_tokens=24, sampling=SamplingConfig(), stop_token_ids=stops, generator=None)
+    assert record.output_ids == reference.output_ids
+    assert record.target_forwards >= 1
+    assert record.total_time_s > 0
+
+
+def test_hf_generate_sampling_is_seeded_by_our_generator(target):
+    decoder = METHODS["hf_generate"].create(target, None)
+    prompt = random_prompt(target.vocab_size, 6, 2)
+    runs = [
+        decoder(prompt, max_new_tokens=10, sampling=SamplingConfig(temperature=1.0), stop_token_ids=(), generator=torch.Generator().manual_seed(s)).output_ids
+        for s in (1, 1, 2)
+    ]
+    assert runs[0] == runs[1] != runs[2]
