@@ -151,6 +151,14 @@ def _split_params(params: str) -> list[str]:
     return parts
 
 
+def _shard_dirs(path: Path) -> list[Path]:
+    """A run directory as given; one without run files stands for its run subfolders (shards)."""
+    if not path.is_dir() or any((path / name).exists() for name in (RESULTS_FILE, FAILURES_FILE, MANIFEST_FILE)):
+        return [path]
+    inner = sorted(p.parent for p in path.glob(f"*/{RESULTS_FILE}"))
+    return inner or [path]
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every complete JSON object of a JSONL file; a torn last line (a crash mid-write) is skipped."""
     rows: list[dict[str, Any]] = []
@@ -196,7 +204,7 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
     """Read and merge run directories (shards), later ones overriding earlier duplicates."""
     if isinstance(run_dirs, (str, Path)):
         run_dirs = [run_dirs]
-    dirs = tuple(Path(d) for d in run_dirs)
+    dirs = tuple(d for given in run_dirs for d in _shard_dirs(Path(given)))
     if not dirs:
         raise ValueError("no run directory given")
     records: list[dict[str, Any]] = []
@@ -242,13 +250,16 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
         for name in failure_columns:
             if name not in failure_frame:
                 failure_frame[name] = None
-        failure_frame = failure_frame.drop_duplicates(subset=["cell_id", "question_id", "turn"], keep="last")
+        if "repeat" not in failure_frame:
+            failure_frame["repeat"] = None
+        keys = ["cell_id", "question_id", "repeat", "turn"]
+        failure_frame = failure_frame.drop_duplicates(subset=keys, keep="last")
         # A failure that a later (resumed) run turned into a record no longer counts.
         if not record_frame.empty:
-            done = set(zip(record_frame["cell_id"], record_frame["question_id"], record_frame["turn"]))
+            done = set(zip(record_frame["cell_id"], record_frame["question_id"], record_frame["repeat"], record_frame["turn"]))
             keep = [
-                (c, q, t) not in done
-                for c, q, t in zip(failure_frame["cell_id"], failure_frame["question_id"], failure_frame["turn"])
+                (c, q, 0 if r is None or r != r else int(r), t) not in done
+                for c, q, r, t in zip(*(failure_frame[k] for k in keys))
             ]
             failure_frame = failure_frame[keep]
         failure_frame = failure_frame.reset_index(drop=True)

@@ -221,6 +221,10 @@ def run_check(
         + (f" (baseline written with τ ±{base['tolerances'].get('tau_rel_tol', 0):.0%}, speedup −{base['tolerances'].get('speedup_rel_tol', 0):.0%})"
            if base.get("tolerances") else "") + ".",
         "",
+    ]
+    if prov.get("hardware") and cur_prov.get("hardware") and _hw(prov["hardware"]) != _hw(cur_prov["hardware"]):
+        lines += ["**Warning:** the run's hardware differs from the baseline's; speedups are not comparable across machines.", ""]
+    lines += [
         f"{len(comparisons) - len(failed)} of {len(comparisons)} checks passed over {len(base['groups'])} baseline groups.",
         "",
     ]
@@ -234,7 +238,8 @@ def run_check(
 
 def _hw(hardware: Any) -> str:
     if isinstance(hardware, dict):
-        return ", ".join(str(v) for k, v in hardware.items() if k in ("device", "gpu", "cpu", "name")) or json.dumps(hardware)
+        parts = [str(hardware[k]) for k in ("gpu", "cpu", "device", "name") if hardware.get(k)]
+        return ", ".join(parts) or json.dumps(hardware)
     return str(hardware)
 
 

@@ -265,6 +265,7 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     else:
         tasks = _ordered(list(run.records["task"]) + list(summary["task"])) if not run.records.empty else _ordered(summary["task"])
         temperatures = sorted(_ordered(summary["temperature"].dropna()))
+    summary = _in_run_order(summary, tasks)
     ctx = _Context(run, summary, Labels.from_summary(summary) if not summary.empty else Labels({}), tasks, temperatures, out_dir)
     _make_figures(ctx)
     path = out_dir / "report.md"
@@ -272,6 +273,17 @@ def write_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     (out_dir / "report.tex").write_text(_latex(ctx), encoding="utf-8")
     logger.info("wrote %s (%d figures, %d skipped)", path, len(ctx.figures), len(ctx.skipped))
     return path
+
+
+def _in_run_order(summary: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Rows by model (as they appear), task (as run), temperature, method (baselines first), params."""
+    if summary.empty:
+        return summary
+    models = _ordered(summary["model"])
+    key = summary.apply(
+        lambda r: (models.index(r["model"]), tasks.index(r["task"]) if r["task"] in tasks else len(tasks), r["temperature"],
+                   _method_rank(r["method"]), r["method"], _params_sort_key(r["params"])), axis=1)
+    return summary.iloc[sorted(range(len(summary)), key=lambda i: key.iloc[i])].reset_index(drop=True)
 
 
 def _lossless_totals(summary: pd.DataFrame) -> tuple[int, int]:
@@ -701,7 +713,8 @@ def _fig_speedup(ctx: _Context) -> None:
             for xp, v, h in zip(pos, vals, err[1]):
                 if np.isfinite(v):
                     ax.text(xp, v + h + 0.02 * top, f"{v:.2f}", ha="center", va="bottom", fontsize=5.5,
-                            rotation=90 if len(configs) > 3 else 0)
+                            rotation=90 if len(configs) > 3 else 0, zorder=4,
+                            bbox={"boxstyle": "square,pad=0.08", "fc": "white", "ec": "none", "alpha": 0.85})
         ax.axhline(1.0, color="#333333", lw=0.8, ls="--", zorder=1)
         ax.set_xticks(x, [task_name(t) for t in tasks])
         ax.grid(axis="x", visible=False)
@@ -873,7 +886,7 @@ def _fig_depth(ctx: _Context) -> None:
             ax.plot(sub["depth"], sub["alpha"], marker="o", color=color, label=label)
         ax.set_xlabel("Draft depth $d$")
         ax.set_title(f"{model}, {_temp_label(temp)}")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(-0.03, 1.03)
         depths = sorted(frame["depth"].unique())
         ax.set_xticks(depths if len(depths) <= 12 else depths[:: math.ceil(len(depths) / 12)])
     axes[0][0].set_ylabel("Acceptance rate $\\alpha_d$")
@@ -915,7 +928,7 @@ def _fig_calibration(ctx: _Context) -> None:
             ax.plot(ok["center"], rate, marker="o", color=color, label=label, zorder=3)
             hax.bar(sub["center"] + off, sub["checked"], width=0.9 / bins / max(1, len(configs)), color=color, zorder=2)
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(-0.03, 1.03)
         ax.set_title(f"{model}, {_temp_label(temp)}")
         ax.set_ylabel("Actual acceptance rate")
         hax.set_xlabel("Draft confidence (draft-model probability)")

@@ -189,3 +189,10 @@ def test_torn_last_line_is_skipped_and_bad_schema_is_an_error(tmp_path):
 def test_group_key_is_stable(summary):
     assert group_key(row(summary, "mtbench", "eagle2")) == f"tiny|mtbench|eagle2|{EAGLE2}|T=0"
     assert json.loads(json.dumps(group_key(row(summary, "mtbench", "vanilla", 1.0)))) == "tiny|mtbench|vanilla||T=1"
+
+
+def test_a_folder_of_shards_stands_for_all_of_them(tmp_path):
+    write_run(tmp_path / "sharded")
+    run = load_runs(tmp_path / "sharded")
+    assert len(run.run_dirs) == 2
+    assert len(run.records) == 15
