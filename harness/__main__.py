@@ -104,10 +104,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     if any(t.type == "humaneval" for t in suite.tasks) and not args.execute_code:
         logger.info("HumanEval pass@1 is off (`correct` = null); --execute-code runs the model's code to score it")
     try:
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a killed run finalises its manifest too
+    except ValueError:  # not the main thread
+        previous = None
+    try:
         summary = run_suite(suite, options)
     except RunExistsError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(
         f"{summary.status}: {summary.written} records written, {summary.skipped} already there, "
         f"{summary.failures} failures, {summary.cells} cells -> {summary.out_dir}"
@@ -307,10 +314,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(-1 if args.quiet else args.verbose)
-    try:
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # a killed run finalises its manifest too
-    except ValueError:  # not the main thread
-        pass
     try:
         return args.func(args)
     except SuiteError as error:

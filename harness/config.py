@@ -456,12 +456,22 @@ def _check_method(check: _Checker, path: tuple, data: Any) -> MethodConfig | Non
         try:
             spec.resolve(combo)
         except (KeyError, ValueError) as error:
-            key = next((k for k in combo if repr(k) in str(error)), None)
+            key = next((k for k in combo if _fails_alone(spec, k, combo[k])), None)
             section = "sweep" if key in sweep else "params"
-            message = error.args[0] if isinstance(error, KeyError) else str(error)
+            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+            if key is not None and repr(key) not in message:
+                message = f"method {name!r} parameter {key!r}: {message}"
             check.error(path + ((section, key) if key else ()), message)
             return None
     return method
+
+
+def _fails_alone(spec: Any, key: str, value: Any) -> bool:
+    try:
+        spec.resolve({key: value})
+    except (KeyError, ValueError):
+        return True
+    return False
 
 
 def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int] | None = None) -> Suite:

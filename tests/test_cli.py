@@ -1,0 +1,107 @@
+"""The command line: help, ls, validate (good and bad files), run with overrides + resume + report +
+check, exit statuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR, REPO_ROOT
+
+from harness.__main__ import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+
+needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no data in {DATA_DIR}")
+
+
+def test_help_for_every_command(capsys):
+    for argv in (["--help"], ["run", "--help"], ["report", "--help"], ["check", "--help"], ["ls", "--help"], ["validate", "--help"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert "--resume" in out and "--shard" in out and "--execute-code" in out and "--baseline" in out
+
+
+def test_ls(capsys):
+    assert main(["ls"]) == EXIT_OK
+    out = capsys.readouterr().out
+    for word in ("mt_bench", "humaneval", "gsm8k", "questions", "vanilla", "eagle1", "eagle2", "hf_prompt_lookup", "smoke.yaml", "paper/"):
+        assert word in out, word
+    assert "INVALID" not in out
+
+
+def test_validate_good_and_bad(tmp_path, capsys):
+    assert main(["validate", "smoke", str(REPO_ROOT / "suites" / "mtbench.yaml"), "--cells"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "ok:" in out and "-> 24 cells" in out and "tiny-random.mt_bench.vanilla.T0.s0." in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema: 1\nname: x\nmodels: [{name: m, head: random}]\ntasks: [mt_bench]\nmethods: [eagle3]\n")
+    assert main(["validate", str(bad)]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert str(bad) in err and "methods[0].name: 'eagle3' is not allowed; did you mean 'eagle2'?" in err
+
+
+def test_bad_arguments_exit_2(capsys):
+    for argv in (["run", "smoke", "--shard", "3/2"], ["run", "smoke", "--temperatures", "x"], ["run", "smoke", "--limit", "0"]):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2
+    assert main(["run", "no-such-suite"]) == EXIT_USAGE
+    assert "not found" in capsys.readouterr().err
+
+
+@needs_data
+def test_run_resume_report_check(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["-q", "run", "smoke", "--data-dir", str(DATA_DIR), "--out", str(out), "--limit", "1",
+            "--max-new-tokens", "3", "--temperatures", "0", "--no-progress"]
+    assert main(argv) == EXIT_OK
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    # smoke: 3 tasks x 4 methods at one temperature; MT-bench has 2 turns.
+    assert len(records) == 4 * (2 + 1 + 1) and {r["temperature"] for r in records} == {0.0}
+    assert all(r["new_tokens"] <= 3 for r in records)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["overrides"] == {"limit": 1, "max_new_tokens": 3, "temperatures": [0.0]}
+    assert main(argv) == EXIT_USAGE  # the folder holds a run: --resume or a new --out
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == EXIT_OK
+    assert "0 records written, 16 already there" in capsys.readouterr().out
+
+    report = tmp_path / "report"
+    assert main(["-q", "report", str(out), "--out", str(report)]) == EXIT_OK
+    assert (report / "report.md").is_file()
+    baseline = tmp_path / "baseline.json"
+    assert main(["-q", "check", str(out), "--baseline", str(baseline), "--write-baseline"]) == EXIT_OK
+    assert baseline.is_file()
+    assert main(["-q", "check", str(out), "--baseline", str(baseline)]) == EXIT_OK
+
+
+@needs_data
+def test_bad_model_path_exits_1_with_failures(tmp_path, capsys):
+    suite = tmp_path / "broken.yaml"
+    suite.write_text(
+        "schema: 1\nname: broken\nmodels: [{name: m, source: /nonexistent/folder}]\n"
+        "tasks: [{name: mt_bench, limit: 1, max_new_tokens: 2}]\nmethods: [vanilla]\n"
+    )
+    assert main(["-q", "run", str(suite), "--data-dir", str(DATA_DIR), "--out", str(tmp_path / "out"), "--no-progress"]) == EXIT_FAILED
+    failures = [json.loads(line) for line in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert len(failures) == 1 and failures[0]["model"] == "m" and failures[0]["question_id"] is None
+    assert "failures.jsonl" in capsys.readouterr().err
+
+
+def test_offline_without_data_names_the_file(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EAGLE2_BENCH_OFFLINE", "1")
+    monkeypatch.setenv("EAGLE2_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("EAGLE2_DATA_DIR", raising=False)
+    code = main(["-q", "run", "smoke", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "mt_bench/question.jsonl" in err and "--data-dir" in err
+
+
+def test_module_entry_point():
+    done = subprocess.run([sys.executable, "-m", "harness", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert done.returncode == 0 and "validate" in done.stdout

@@ -1,0 +1,234 @@
+"""Suite schema: the shipped suites validate; bad files give errors naming file, line, key and allowed values;
+sweep expansion; stable cell ids; CLI overrides; sharding."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.config import (
+    SuiteError,
+    apply_overrides,
+    expand,
+    list_suite_files,
+    load_suite,
+    parse_shard,
+    shard_cells,
+)
+
+MINIMAL = """\
+schema: 1
+name: tiny
+models:
+  - name: m
+    source: tiny-random-llama
+    head: random
+tasks:
+  - mt_bench
+methods:
+  - vanilla
+  - eagle2
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(SuiteError) as caught:
+        load_suite(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)), message  # every error names the file
+    return message
+
+
+@pytest.mark.parametrize("path", list_suite_files(), ids=lambda p: p.name)
+def test_shipped_suites_validate_and_expand(path):
+    suite = load_suite(path)
+    cells = expand(suite)
+    assert cells
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+def test_shipped_suites_exist():
+    names = {p.relative_to(p.parents[1] if p.parent.name == "paper" else p.parent).as_posix() for p in list_suite_files()}
+    for expected in ("mtbench.yaml", "humaneval.yaml", "gsm8k.yaml", "tree-sweep.yaml", "smoke.yaml"):
+        assert expected in names
+    assert any(p.parent.name == "paper" for p in list_suite_files())
+
+
+def test_minimal_suite_defaults(tmp_path):
+    suite = load_suite(write(tmp_path, MINIMAL))
+    assert suite.schema == 1 and suite.name == "tiny"
+    assert suite.models[0].dtype == "auto" and suite.models[0].chat_template == "tokenizer"
+    assert suite.tasks[0].type == "mt_bench" and suite.tasks[0].options["path"] == "mt_bench/question.jsonl"
+    assert suite.sampling.temperatures == (0.0,) and suite.seeds == (0,) and suite.repeats == 1
+    cells = expand(suite)
+    assert [c.method for c in cells] == ["vanilla", "eagle2"]
+    # Resolved params: every default filled in.
+    assert set(cells[1].method_params) == {"depth", "top_k", "total_tokens"}
+
+
+def test_sweep_expansion_order_and_count(tmp_path):
+    suite = load_suite(write(tmp_path, MINIMAL.replace("  - eagle2\n", """\
+  - name: eagle2
+    params: {total_tokens: 20}
+    sweep: {depth: [2, 3], top_k: [2, 4, 8]}
+""") + """\
+sampling: {temperatures: [0, 1]}
+seeds: [1, 2]
+"""))
+    cells = expand(suite)
+    assert len(cells) == (1 + 2 * 3) * 2 * 2
+    eagle = [c for c in cells if c.method == "eagle2"]
+    grid = [(c.method_params["depth"], c.method_params["top_k"]) for c in eagle[::4]]
+    assert grid == [(2, 2), (2, 4), (2, 8), (3, 2), (3, 4), (3, 8)]  # the sweep order as written
+    assert all(c.method_params["total_tokens"] == 20 for c in eagle)
+    assert [(c.temperature, c.seed) for c in eagle[:4]] == [(0.0, 1), (0.0, 2), (1.0, 1), (1.0, 2)]
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+def test_duplicate_method_configurations_are_dropped(tmp_path):
+    suite = load_suite(write(tmp_path, MINIMAL.replace("  - eagle2\n", "  - vanilla\n")))
+    assert len(expand(suite)) == 1
+
+
+def test_cell_id_is_stable_and_depends_on_what_changes_outputs(tmp_path):
+    text = MINIMAL.replace("  - eagle2\n", "  - name: eagle2\n    params: {depth: 4, top_k: 5, total_tokens: 16}\n")
+    a = expand(load_suite(write(tmp_path, text, "a.yaml")))
+    b = expand(load_suite(write(tmp_path, text, "b.yaml")))
+    assert [c.cell_id for c in a] == [c.cell_id for c in b]
+    # A golden id: the hash must not drift between versions, or --resume would redo finished work.
+    assert a[0].cell_id == "m.mt_bench.vanilla.T0.s0.390ddca93d"
+    assert a[1].cell_id == "m.mt_bench.eagle2.T0.s0.43a11aedec"
+    suite = load_suite(write(tmp_path, text, "c.yaml"))
+    same = expand(apply_overrides(suite, limit=3, device="cpu"))  # which questions / where: same cells
+    assert [c.cell_id for c in same] == [c.cell_id for c in a]
+    longer = expand(apply_overrides(suite, max_new_tokens=7))  # different outputs: different cells
+    assert not {c.cell_id for c in longer} & {c.cell_id for c in a}
+    hotter = expand(apply_overrides(suite, temperatures=[1.0]))
+    assert hotter[0].cell_id.startswith("m.mt_bench.vanilla.T1.s0.")
+
+
+def test_overrides(tmp_path):
+    suite = apply_overrides(load_suite(write(tmp_path, MINIMAL)), limit=2, max_new_tokens=9, temperatures=[0, 0.7], device="cuda:1")
+    assert suite.tasks[0].limit == 2 and suite.tasks[0].max_new_tokens == 9
+    assert suite.sampling.temperatures == (0.0, 0.7)
+    assert suite.models[0].device == "cuda:1"
+    with pytest.raises(ValueError, match="--device"):
+        apply_overrides(suite, device="gpu")
+    with pytest.raises(ValueError, match="--limit"):
+        apply_overrides(suite, limit=0)
+
+
+def test_unknown_keys_suggest_and_list_allowed(tmp_path):
+    message = problems(tmp_path, MINIMAL + "modles: []\n")
+    assert "line 12: modles: unknown key 'modles'; did you mean 'models'?" in message
+    assert "allowed: schema, name" in message
+
+
+def test_bad_values_name_key_path_and_allowed_values(tmp_path):
+    text = MINIMAL.replace("    head: random\n", "    head: random\n    dtype: fp17\n    device: gpu\n    chat_template: vicuna\n")
+    message = problems(tmp_path, text)
+    assert "line 7: models[0].dtype: 'fp17' is not allowed; did you mean 'fp16'?" in message
+    assert "models[0].device: 'gpu' is not a device; allowed: auto, cpu, cuda, cuda:N, mps" in message
+    assert "models[0].chat_template: 'vicuna' is not allowed; did you mean 'vicuna_v1.1'?" in message
+
+
+def test_bad_tasks(tmp_path):
+    text = MINIMAL.replace("  - mt_bench\n", "  - mtbench\n  - name: gsm8k\n    limt: 3\n    score: maybe\n  - name: spec\n    type: questions\n")
+    message = problems(tmp_path, text)
+    assert "tasks[0].name: unknown task type 'mtbench'; did you mean 'mt_bench'?" in message
+    assert "tasks[1].limt: unknown key 'limt'; did you mean 'limit'?" in message
+    assert "tasks[1].score: must be bool, got 'maybe'" in message
+    assert "tasks[2]: task type 'questions' needs `path`" in message
+
+
+def test_bad_methods(tmp_path):
+    text = MINIMAL.replace("  - vanilla\n  - eagle2\n", """\
+  - vanila
+  - name: eagle2
+    params: {depht: 3}
+  - name: eagle2
+    sweep: {top_k: [0, 2]}
+  - name: eagle1
+    params: {tree: no_such_tree}
+  - name: eagle2
+    params: {depth: 2}
+    sweep: {depth: [3]}
+""")
+    message = problems(tmp_path, text)
+    assert "methods[0].name: 'vanila' is not allowed; did you mean 'vanilla'?" in message
+    assert "methods[1].params.depht: method 'eagle2' has no parameter 'depht'; did you mean 'depth'? allowed: depth, top_k, total_tokens" in message
+    assert "methods[2].sweep.top_k: method 'eagle2' parameter 'top_k' must be >= 1, got 0" in message
+    assert "methods[3].params.tree" in message and "no_such_tree" in message
+    assert "methods[4].sweep.depth: 'depth' is both in params and in sweep" in message
+
+
+def test_bad_sampling_seeds_and_schema(tmp_path):
+    text = MINIMAL.replace("schema: 1", "schema: 2") + "sampling: {temperatures: [-1, 0.5], top_p: 0}\nseeds: 1.5\nrepeats: 0\n"
+    message = problems(tmp_path, text)
+    assert "schema: this harness reads schema 1, got 2" in message
+    assert "sampling.temperatures[0]: must be >= 0.0, got -1" in message
+    assert "sampling.top_p: must be in (0, 1], got 0" in message
+    assert "seeds: must be int, got 1.5" in message
+    assert "repeats: must be >= 1, got 0" in message
+
+
+def test_speculative_method_needs_a_head(tmp_path):
+    message = problems(tmp_path, MINIMAL.replace("    head: random\n", ""))
+    assert "models[0].head: model 'm' has no draft head but methods[1] (eagle2) needs one" in message
+
+
+def test_missing_required_duplicates_and_yaml_errors(tmp_path):
+    assert "missing required key 'models'" in problems(tmp_path, "schema: 1\nname: x\ntasks: [mt_bench]\nmethods: [vanilla]\n")
+    assert "line 3: name: key given twice" in problems(tmp_path, MINIMAL.replace("name: tiny\n", "name: tiny\nname: again\n"))
+    assert "not valid YAML" in problems(tmp_path, "schema: 1\nname: [unclosed\n")
+    assert "a suite is a mapping" in problems(tmp_path, "- just a list\n")
+    twice = MINIMAL.replace("models:\n", "models:\n  - name: m\n    head: random\n")
+    assert "models[1].name: 'm' is used by more than one entry of models" in problems(tmp_path, twice)
+
+
+def test_suite_by_name_and_missing_suite():
+    assert load_suite("smoke").name == "smoke"
+    with pytest.raises(FileNotFoundError, match="available: .*smoke.yaml"):
+        load_suite("no-such-suite")
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("0/2", "3/2", "1", "a/b", "1/0"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
+def test_shards_partition_the_cells(tmp_path):
+    text = MINIMAL.replace("  - eagle2\n", "  - name: eagle2\n    sweep: {depth: [2, 3, 4], top_k: [2, 3]}\n") + "sampling: {temperatures: [0, 1]}\n"
+    cells = expand(load_suite(write(tmp_path, text)))
+    for count in (1, 2, 3, 5):
+        shards = [shard_cells(cells, index, count) for index in range(1, count + 1)]
+        ids = [c.cell_id for shard in shards for c in shard]
+        assert sorted(ids) == sorted(c.cell_id for c in cells)  # all, each once
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1  # balanced
+        assert [c.cell_id for c in shard_cells(cells, 1, count)] == [c.cell_id for c in shards[0]]  # deterministic
+
+
+def test_to_dict_is_json_ready(tmp_path):
+    import json
+
+    suite = load_suite(write(tmp_path, MINIMAL))
+    json.dumps(suite.to_dict())
+    cell = expand(suite)[1]
+    data = cell.to_dict()
+    assert data["cell_id"] == cell.cell_id and data["model"] == "m" and data["method"] == "eagle2"
+    json.dumps(data)
+    assert dataclasses.is_dataclass(cell)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cell.seed = 3
