@@ -40,7 +40,6 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from harness.aggregate import (
-    GROUP_KEYS,
     VANILLA,
     RunData,
     calibration_table,
@@ -778,7 +777,7 @@ def _fig_heatmaps(ctx: _Context) -> None:
                     grid = np.full((len(depths), len(ks)), np.nan)  # (depth, top_k)
                     for _, r in sub.iterrows():
                         grid[depths.index(r["depth"]), ks.index(r["top_k_draft"])] = r[col]
-                    star = (depths.index(best["depth"]), ks.index(best["top_k_draft"])) if best["total_tokens"] == n else None
+                    star = (depths.index(best["depth"]), ks.index(best["top_k_draft"])) if best["total_tokens"] == n and vmax > vmin else None
                     image = _heatmap(ax, grid, ks, depths, cmap, vmin, vmax, star)
                     ax.set_title(("Speedup" if col == "speedup" else "τ") + ("" if n == -1 else f", total_tokens = {int(n)}"))
                 cbar = fig.colorbar(image, ax=list(axes[:, j]), shrink=0.9, pad=0.02, aspect=25 * len(swept))
