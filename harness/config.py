@@ -260,7 +260,7 @@ class _Checker:
     def __init__(self, file: str, lines: Mapping[tuple, int]) -> None:
         self.file = file
         self.lines = lines
-        self.problems: list[str] = []
+        self._found: list[tuple[int, int, str]] = []
 
     def line_of(self, path: tuple) -> int | None:
         while path not in self.lines and path:
@@ -270,7 +270,12 @@ class _Checker:
     def error(self, path: tuple, message: str) -> None:
         line = self.line_of(path)
         where = f"line {line}: " if line else ""
-        self.problems.append(f"{where}{_format_path(path)}: {message}")
+        self._found.append((line or 0, len(self._found), f"{where}{_format_path(path)}: {message}"))
+
+    @property
+    def problems(self) -> list[str]:
+        """In file order."""
+        return [text for _, _, text in sorted(self._found)]
 
     def keys(self, path: tuple, data: Mapping[str, Any], allowed: Sequence[str], required: Sequence[str] = ()) -> None:
         for key in data:
@@ -521,7 +526,9 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
     if check.value(("sampling",), raw_sampling, dict, what="a mapping with temperatures, top_p, top_k"):
         check.keys(("sampling",), raw_sampling, _SAMPLING_KEYS)
         temps = _as_list(raw_sampling.get("temperatures", [0.0]))
-        good = bool(temps) or check.error(("sampling", "temperatures"), "needs at least one temperature")
+        good = bool(temps)
+        if not temps:
+            check.error(("sampling", "temperatures"), "needs at least one temperature")
         for index, temp in enumerate(temps):
             good = check.value(("sampling", "temperatures", index), temp, float, minimum=0.0, what="a number >= 0") and good
         top_p = raw_sampling.get("top_p", 1.0)

@@ -283,9 +283,13 @@ class Runner:
             self.done[key] = row
         now = utc_now()
         git_sha, git_dirty = git_state()
+        hardware = hardware_info()
         session = {"started_at": now, "finished_at": None, "status": "running", "overrides": dict(self.options.overrides),
-                   "records_before": len(self.done)}
+                   "records_before": len(self.done), "hardware": {k: v for k, v in hardware.items() if k != "devices"},
+                   "git_sha": git_sha, "git_dirty": git_dirty}
         resuming = bool(self.options.resume and old_manifest)
+        if resuming:  # what earlier sessions loaded stays described, even if this one loads nothing
+            hardware["devices"] = dict(old_manifest.get("hardware", {}).get("devices", {}))
         self.manifest = {
             "schema": RESULTS_SCHEMA,
             "run_id": old_manifest["run_id"] if resuming else f"{self.suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
@@ -299,9 +303,9 @@ class Runner:
             "versions": package_versions(),
             "git_sha": git_sha,
             "git_dirty": git_dirty,
-            "hardware": hardware_info(),
+            "hardware": hardware,
             "data": {},
-            "models": {},
+            "models": dict(old_manifest.get("models", {})) if resuming else {},
             "execute_code": self.options.execute_code,
             "started_at": old_manifest["started_at"] if resuming else now,
             "finished_at": None,

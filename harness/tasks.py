@@ -359,8 +359,25 @@ def humaneval_program(question: Question, answer: str, raw: bool) -> str:
     return f"{body}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
+def _limit_resources(timeout_s: float) -> Callable[[], None] | None:
+    """A preexec hook capping the child's memory (4 GiB) and CPU time (POSIX only)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return None
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        cpu = int(timeout_s) + 1
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+
+    return limit
+
+
 def run_program(program: str, timeout_s: float) -> bool:
-    """Run `program` in a fresh, isolated Python in a temporary folder; True if it exits 0 in time."""
+    """Run `program` in a fresh, isolated Python (-I, empty environment, a temporary folder, memory
+    and CPU limits) with a wall-clock timeout; True if it exits 0 in time. This is not a sandbox:
+    it is why executing model-written code needs an explicit --execute-code."""
     with tempfile.TemporaryDirectory(prefix="eagle2-exec-") as folder:
         try:
             done = subprocess.run(
@@ -370,6 +387,7 @@ def run_program(program: str, timeout_s: float) -> bool:
                 capture_output=True,
                 timeout=timeout_s,
                 env={"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"},
+                preexec_fn=_limit_resources(timeout_s),
             )
         except subprocess.TimeoutExpired:
             return False
