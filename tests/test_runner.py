@@ -252,6 +252,8 @@ def test_torn_line_repair(tmp_path):
     assert log.read() == [{"a": 1}, {"a": 2}]
     log.append({"a": 4})
     assert [json.loads(line)["a"] for line in log.path.read_text().splitlines()] == [1, 2, 4]
+    log.append({"a": 5, "text": "half a pair \ud800 é"})  # undecodable text must not crash a run
+    assert log.read()[-1] == {"a": 5, "text": "half a pair \ud800 é"}
 
 
 @pytest.mark.slow
