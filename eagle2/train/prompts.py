@@ -137,7 +137,7 @@ class EvalIndex:
             return
         self.exact.setdefault(norm, label)
         words = norm.split()
-        if len(words) >= MIN_CONTAINED_WORDS:
+        if MIN_CONTAINED_WORDS <= len(words) < NGRAM:  # longer ones are caught by the n-gram rule
             self.contained.setdefault(norm, label)
         for i in range(len(words) - NGRAM + 1):
             self.ngrams.setdefault(tuple(words[i : i + NGRAM]), label)
@@ -403,6 +403,7 @@ def build_prompts(
     unique: dict[str, Prompt] = {}
     for prompt in prompts:
         unique.setdefault(normalize(prompt.prompt), prompt)
+    duplicates = len(prompts) - len(unique)
     prompts = list(unique.values())
     overlaps = find_overlaps(prompts, index)
     if overlaps and not config.drop_overlapping:
@@ -413,10 +414,12 @@ def build_prompts(
         )
     dropped = {o.prompt_id for o in overlaps}
     kept = [p for p in prompts if p.id not in dropped]
+    # Shuffled, so that any prefix of the distillation shards is a representative mix of sources.
+    random.Random(f"{config.seed}/order").shuffle(kept)
     summary = {
         "prompts": len(kept),
         "by_source": {s: sum(p.source == s for p in kept) for s in sorted({p.source for p in kept})},
-        "duplicates_removed": len(unique) and len(prompts) - len(unique),
+        "duplicates_removed": duplicates,
         "eval_texts_indexed": index.counts,
         "overlaps_dropped": [asdict(o) for o in overlaps],
     }

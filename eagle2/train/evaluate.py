@@ -1,0 +1,166 @@
+"""Acceptance length of a trained head, measured with the engine on MT-bench first turns.
+
+τ = new tokens / target forwards (bonus token and prefill included, as in GenerationRecord), summed
+over the questions (the per-question mean is reported too). At temperature 0 every speculative
+output is also compared with vanilla greedy decoding (must be identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import eagle2
+from eagle2.train.io import atomic_write_json, read_jsonl
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    name: str  # "eagle1" | "eagle2" | "vanilla"
+    tree: str = "mc_sim_7b_63"  # EAGLE-1 static tree
+    depth: int = 6  # EAGLE-2 (our depth = official depth + 1)
+    top_k: int = 10
+    total_tokens: int = 60
+
+    @staticmethod
+    def parse(text: str) -> "MethodConfig":
+        """vanilla | eagle1[:TREE] | eagle2[:DEPTH/TOPK/TOTAL]"""
+        name, _, rest = text.partition(":")
+        if name == "vanilla":
+            return MethodConfig("vanilla")
+        if name == "eagle1":
+            return MethodConfig("eagle1", tree=rest or "mc_sim_7b_63")
+        if name == "eagle2":
+            if not rest:
+                return MethodConfig("eagle2")
+            parts = rest.split("/")
+            if len(parts) != 3 or not all(p.isdigit() for p in parts):
+                raise ValueError(f"method {text!r}: write eagle2:DEPTH/TOPK/TOTAL, e.g. eagle2:6/10/60")
+            return MethodConfig("eagle2", depth=int(parts[0]), top_k=int(parts[1]), total_tokens=int(parts[2]))
+        raise ValueError(f"unknown method {text!r}; use vanilla, eagle1[:TREE] or eagle2[:DEPTH/TOPK/TOTAL]")
+
+    def label(self) -> str:
+        if self.name == "eagle1":
+            return f"eagle1:{self.tree}"
+        if self.name == "eagle2":
+            return f"eagle2:{self.depth}/{self.top_k}/{self.total_tokens}"
+        return "vanilla"
+
+    def proposer(self, head, target):
+        if self.name == "eagle1":
+            return eagle2.StaticTreeProposer(head, target, tree=self.tree)
+        if self.name == "eagle2":
+            return eagle2.DynamicTreeProposer(head, target, depth=self.depth, top_k=self.top_k, total_tokens=self.total_tokens)
+        return None
+
+
+def select_questions(path: Path, count: int) -> list[dict]:
+    """`count` questions spread evenly over the file (so every MT-bench category is represented)."""
+    rows = read_jsonl(path)
+    if count >= len(rows):
+        return rows
+    return [rows[(i * len(rows)) // count] for i in range(count)]
+
+
+def measure(target, head, chat, questions: list[dict], methods: list[MethodConfig], temperatures: list[float], *, max_new_tokens: int, seed: int) -> dict:
+    from eagle2.train.prompts import Turn
+
+    prompts = [chat.prompt_ids([Turn("user", q["turns"][0])]) for q in questions]
+    results: dict = {}
+    reference: dict[int, tuple[int, ...]] = {}
+    for temperature in temperatures:
+        sampling = eagle2.SamplingConfig(temperature=temperature)
+        for method in methods:
+            if method.name == "vanilla" and temperature > 0:
+                continue
+            new_tokens = forwards = 0
+            per_question = []
+            mismatches = 0
+            started = time.perf_counter()
+            for number, (question, ids) in enumerate(zip(questions, prompts)):
+                record = eagle2.generate(
+                    target,
+                    torch.tensor(ids),
+                    max_new_tokens=max_new_tokens,
+                    proposer=method.proposer(head, target),
+                    sampling=sampling,
+                    stop_token_ids=chat.stop_token_ids,
+                    generator=torch.Generator().manual_seed(seed + number),
+                )
+                new_tokens += record.new_tokens
+                forwards += record.target_forwards
+                per_question.append(record.mean_accept_length)
+                if temperature == 0:
+                    if method.name == "vanilla":
+                        reference[number] = record.output_ids
+                    elif number in reference and reference[number] != record.output_ids:
+                        mismatches += 1
+            seconds = time.perf_counter() - started
+            row = {
+                "tau": new_tokens / forwards,
+                "tau_mean_per_question": sum(per_question) / len(per_question),
+                "new_tokens": new_tokens,
+                "target_forwards": forwards,
+                "seconds": round(seconds, 1),
+                "tokens_per_s": new_tokens / seconds,
+            }
+            if temperature == 0 and method.name != "vanilla" and reference:
+                row["greedy_mismatches_vs_vanilla"] = mismatches
+            results[f"T={temperature:g} {method.label()}"] = row
+            logger.info("T=%g %s: %s", temperature, method.label(), row)
+    return results
+
+
+def add_cli(stages) -> None:
+    p = stages.add_parser("evaluate", help="acceptance length tau of a head on MT-bench first turns")
+    p.add_argument("--head", required=True, help="head folder (official layout) or builtin:NAME")
+    p.add_argument("--questions", type=int, default=40, help="MT-bench questions, spread over the 80 (all categories)")
+    p.add_argument("--question-file", default=None, help="default: <data-dir>/mt_bench/question.jsonl")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--methods", nargs="+", default=["vanilla", "eagle1", "eagle2"], help="vanilla | eagle1[:TREE] | eagle2[:DEPTH/TOPK/TOTAL]")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--chat-template", default="tokenizer")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from harness.models import load_head
+
+    from eagle2.train.__main__ import default_data_dir, load_target_and_chat
+
+    loaded, chat = load_target_and_chat(args)
+    head = load_head(args.head, loaded.target)
+    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
+    questions = select_questions(question_file, args.questions)
+    methods = [MethodConfig.parse(m) for m in args.methods]
+    results = measure(loaded.target, head, chat, questions, methods, args.temperatures, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    report = {
+        "head": args.head,
+        "draft_vocab": None if head.draft_vocab is None else int(head.draft_vocab.shape[0]),
+        "questions": [q["question_id"] for q in questions],
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "results": results,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(results, indent=2))
+    if args.out:
+        atomic_write_json(Path(args.out), report)

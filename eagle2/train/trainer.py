@@ -1,0 +1,380 @@
+"""The training stage: fit an EAGLE head to the self-distilled records.
+
+Loss (official EAGLE weights): 1.0 * smooth-L1(predicted feature, target feature), averaged over
+the hidden size, + 0.1 * soft cross-entropy between the target's next-token distribution
+softmax(lm_head(f_{t+1})) and the head's log_softmax(lm_head(predicted)), both through the frozen
+lm_head; means over the pairs trained on. Input features get uniform noise U(-noise, noise).
+
+CPU cost: lm_head (V x H) dominates. With a reduced draft vocabulary (the most frequent answer
+tokens of the distilled data, FR-Spec style) the cross-entropy, the held-out accuracy's draft side
+and the drafter at inference all use those rows only, and the head ships with that vocabulary.
+The lm_head is applied only at the pairs trained on (answer positions), not at prompt positions.
+
+Resume: a checkpoint (head, optimiser, step, RNG) is written atomically every `checkpoint_every`
+steps and at the end of every epoch; the batch order of an epoch is a function of (seed, epoch),
+so a resumed run continues with the very next batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from eagle2.head import DraftHead
+from eagle2.target import TargetModel
+from eagle2.train.dataset import (
+    Batch,
+    Record,
+    answer_token_counts,
+    batches,
+    choose_draft_vocab,
+    coverage,
+    iterate,
+    load_records,
+    split,
+)
+from eagle2.train.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    lr: float = 1e-3  # peak AdamW learning rate
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 0.5  # max global gradient norm (official 0.5)
+    tokens_per_batch: int = 4096  # padded pairs per optimiser step
+    max_pairs: int = 1024  # longer records are cut
+    feature_weight: float = 1.0  # smooth L1 on features (official 1.0)
+    ce_weight: float = 0.1  # soft cross-entropy (official 0.1)
+    noise: float = 0.1  # U(-noise, noise) added to input features (official U(-0.1, 0.1))
+    draft_vocab_size: int = 0  # 0 = full vocabulary; else the N most frequent answer tokens
+    heldout_fraction: float = 0.05
+    eval_every: int = 200  # steps between held-out evaluations (also at each epoch end)
+    checkpoint_every: int = 200
+    log_every: int = 20
+    num_layers: int = 1
+    init: str = "random"  # "random" (std 0.02, official) or "target-last-layer"
+    seed: int = 0
+    max_heldout_pairs: int = 20000  # held-out evaluation uses at most this many pairs
+
+    def __post_init__(self) -> None:
+        if self.init not in ("random", "target-last-layer"):
+            raise ValueError(f"init must be 'random' or 'target-last-layer', got {self.init!r}")
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+
+
+@dataclass(frozen=True)
+class Losses:
+    feature: float
+    ce: float
+    total: float
+    top1: float  # draft argmax (over the draft vocabulary) == the target's argmax over the full vocabulary
+    pairs: int
+
+
+class LossComputer:
+    """The losses of a batch through the frozen lm_head (restricted to the draft vocabulary)."""
+
+    def __init__(self, target: TargetModel, draft_vocab: torch.Tensor | None, config: TrainConfig, device: torch.device) -> None:
+        weight = target.lm_head.weight.detach().to(device=device, dtype=torch.float32)
+        self.full_weight = weight
+        self.draft_vocab = None if draft_vocab is None else draft_vocab.to(device)
+        self.weight = weight if draft_vocab is None else weight[self.draft_vocab].contiguous()
+        self.embed = target.embed_tokens.weight.detach().to(device=device, dtype=torch.float32)
+        self.config = config
+        self.device = device
+
+    def __call__(self, head: DraftHead, batch: Batch, *, noise: float, generator: torch.Generator | None, evaluate: bool = False):
+        device = self.device
+        features = batch.features.to(device=device, dtype=torch.float32)
+        if noise > 0:
+            features = features + (torch.rand(features.shape, generator=generator, device=device) * 2 - 1) * noise
+        embeddings = F.embedding(batch.next_tokens.to(device), self.embed)
+        length = features.shape[1]
+        positions = torch.arange(length, device=device).expand(features.shape[0], -1)
+        predicted = head(embeddings, features, positions)  # [b, q, H]
+        weights = batch.weights.to(device)
+        predicted = predicted[weights]  # [N, H]
+        target = batch.target_features.to(device=device, dtype=torch.float32)[weights]
+        feature_loss = F.smooth_l1_loss(predicted, target, reduction="none").mean(-1).mean()
+        with torch.no_grad():
+            target_probs = torch.softmax(target @ self.weight.T, dim=-1)
+        log_probs = torch.log_softmax(predicted @ self.weight.T, dim=-1)
+        ce_loss = -(target_probs * log_probs).sum(-1).mean()
+        total = self.config.feature_weight * feature_loss + self.config.ce_weight * ce_loss
+        top1 = None
+        if evaluate:
+            with torch.no_grad():
+                draft = log_probs.argmax(-1)
+                if self.draft_vocab is not None:
+                    draft = self.draft_vocab[draft]
+                top1 = (draft == (target @ self.full_weight.T).argmax(-1)).float().sum()
+        return total, feature_loss, ce_loss, top1, int(weights.sum())
+
+
+def init_head(target: TargetModel, config: TrainConfig) -> DraftHead:
+    head = DraftHead.random(target.config, seed=config.seed, num_layers=config.num_layers)
+    if config.init == "target-last-layer":
+        # The head's layers start as copies of the target's last layers (attention, MLP, post-norm);
+        # fc starts as [0 | I] so that the first layer initially sees the feature itself.
+        source = list(target.decoder.layers)[-config.num_layers :]
+        with torch.no_grad():
+            for mine, theirs in zip(head.layers, source):
+                for name, param in mine.named_parameters():
+                    param.copy_(dict(theirs.named_parameters())[name].float())
+            hidden = head.config.hidden_size
+            head.fc.weight.zero_()
+            head.fc.weight[:, hidden:] = torch.eye(hidden)
+            if head.fc.bias is not None:
+                head.fc.bias.zero_()
+    return head.float()
+
+
+def lr_at(step: int, total: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def evaluate(head: DraftHead, records: list[Record], losses: LossComputer, config: TrainConfig) -> Losses:
+    head.eval()
+    totals = torch.zeros(4, dtype=torch.float64)
+    pairs = 0
+    for _, batch in iterate(records, batches(records, config.tokens_per_batch, seed=None, max_pairs=config.max_pairs), max_pairs=config.max_pairs):
+        total, feature, ce, top1, count = losses(head, batch, noise=0.0, generator=None, evaluate=True)
+        if count == 0:
+            continue
+        totals += torch.tensor([float(total) * count, float(feature) * count, float(ce) * count, float(top1)], dtype=torch.float64)
+        pairs += count
+        if pairs >= config.max_heldout_pairs:
+            break
+    head.train()
+    if pairs == 0:
+        return Losses(float("nan"), float("nan"), float("nan"), float("nan"), 0)
+    total, feature, ce, top1 = (totals / pairs).tolist()
+    return Losses(feature=feature, ce=ce, total=total, top1=top1, pairs=pairs)
+
+
+def train(
+    target: TargetModel,
+    work: Path,
+    out: Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    stop_token_ids: tuple[int, ...] = (),
+    device: str | torch.device | None = None,
+    max_shards: int | None = None,
+    progress: Callable[[int, int, dict], None] | None = None,
+) -> dict:
+    """Train (or resume) and write the head to `out`; returns the run summary (also in work/train/)."""
+    device = torch.device(device or target.device)
+    folder = work / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    records = load_records(work / "distill", max_shards=max_shards)
+    train_records, heldout = split(records, config.heldout_fraction, config.seed)
+    if not train_records or not heldout:
+        raise ValueError(f"{len(records)} records split into {len(train_records)} train / {len(heldout)} held-out; need both non-empty")
+    check_manifest(folder / "train.config.json", {**asdict(config), "records": len(records), "train_records": len(train_records)}, "train")
+
+    vocab_size = target.lm_head.weight.shape[0]
+    counts = answer_token_counts(train_records, vocab_size)
+    draft_vocab = None
+    if 0 < config.draft_vocab_size < vocab_size:
+        draft_vocab = choose_draft_vocab(counts, config.draft_vocab_size, always=stop_token_ids)
+    heldout_counts = answer_token_counts(heldout, vocab_size)
+    vocab_coverage = {"train": coverage(counts, draft_vocab), "heldout": coverage(heldout_counts, draft_vocab)} if draft_vocab is not None else {"train": 1.0, "heldout": 1.0}
+    data = {
+        "records": len(records),
+        "train_records": len(train_records),
+        "heldout_records": len(heldout),
+        "train_pairs": sum(r.trained_pairs for r in train_records),
+        "heldout_pairs": sum(r.trained_pairs for r in heldout),
+        "all_tokens": sum(int(r.tokens.shape[0]) for r in records),
+        "draft_vocab_size": int(draft_vocab.shape[0]) if draft_vocab is not None else vocab_size,
+        "draft_vocab_coverage": vocab_coverage,
+    }
+    logger.info("data: %s", data)
+
+    head = init_head(target, config).to(device)
+    head.draft_vocab = draft_vocab
+    losses = LossComputer(target, draft_vocab, config, device)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    steps_per_epoch = len(batches(train_records, config.tokens_per_batch, seed=0, max_pairs=config.max_pairs))
+    total_steps = steps_per_epoch * config.epochs
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    step, epoch, next_batch, elapsed = 0, 0, 0, 0.0
+    checkpoint_path = folder / "checkpoint.pt"
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        step, epoch, next_batch, elapsed = state["step"], state["epoch"], state["next_batch"], state["elapsed_s"]
+        logger.info("resumed at step %d (epoch %d, batch %d)", step, epoch, next_batch)
+    log_path = folder / "train.log.jsonl"
+    if log_path.is_file():
+        # Rows written after the checkpoint belong to steps that are about to be redone.
+        rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write_text(log_path, "".join(line + "\n" for line in rows))
+
+    def log(row: dict) -> None:
+        with open(log_path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(row) + "\n")
+
+    def save_checkpoint() -> None:
+        atomic_torch_save(
+            checkpoint_path,
+            {
+                "head": head.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "step": step,
+                "epoch": epoch,
+                "next_batch": next_batch,
+                "elapsed_s": elapsed,
+            },
+        )
+
+    head.train()
+    window = {"loss": 0.0, "feature": 0.0, "ce": 0.0, "pairs": 0, "seconds": 0.0, "steps": 0}
+    last_eval: Losses | None = None
+    while epoch < config.epochs:
+        groups = batches(train_records, config.tokens_per_batch, seed=config.seed * 1000 + epoch, max_pairs=config.max_pairs)
+        for number, batch in iterate(train_records, groups, start=next_batch, max_pairs=config.max_pairs):
+            started = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, total_steps, config)
+            total, feature, ce, _, count = losses(head, batch, noise=config.noise, generator=generator)
+            optimizer.zero_grad(set_to_none=True)
+            if count:
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(head.parameters(), config.grad_clip)
+                optimizer.step()
+            seconds = time.perf_counter() - started
+            elapsed += seconds
+            step += 1
+            next_batch = number + 1
+            window["loss"] += float(total.detach()) * count
+            window["feature"] += float(feature.detach()) * count
+            window["ce"] += float(ce.detach()) * count
+            window["pairs"] += count
+            window["seconds"] += seconds
+            window["steps"] += 1
+            if step % config.log_every == 0 and window["pairs"]:
+                row = {
+                    "step": step,
+                    "epoch": epoch + next_batch / len(groups),
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "loss": window["loss"] / window["pairs"],
+                    "feature_loss": window["feature"] / window["pairs"],
+                    "ce_loss": window["ce"] / window["pairs"],
+                    "pairs_per_s": window["pairs"] / window["seconds"],
+                    "elapsed_s": round(elapsed, 1),
+                }
+                log(row)
+                if progress is not None:
+                    progress(step, total_steps, row)
+                window = dict.fromkeys(window, 0.0)
+            if step % config.eval_every == 0:
+                last_eval = evaluate(head, heldout, losses, config)
+                log({"step": step, "heldout": asdict(last_eval), "elapsed_s": round(elapsed, 1)})
+                logger.info("step %d held-out: %s", step, last_eval)
+            if step % config.checkpoint_every == 0:
+                save_checkpoint()
+        epoch += 1
+        next_batch = 0
+        last_eval = evaluate(head, heldout, losses, config)
+        log({"step": step, "epoch_end": epoch, "heldout": asdict(last_eval), "elapsed_s": round(elapsed, 1)})
+        logger.info("epoch %d done (step %d, %.0f s): held-out %s", epoch, step, elapsed, last_eval)
+        save_checkpoint()
+
+    if last_eval is None:
+        last_eval = evaluate(head, heldout, losses, config)
+    summary = {
+        "config": asdict(config),
+        "data": data,
+        "steps": step,
+        "train_seconds": round(elapsed, 1),
+        "heldout": asdict(last_eval),
+        "last_train": _last_train_row(log_path),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    head.save_pretrained(out, extra_config={"eagle2_training": {"steps": step, "heldout_top1": last_eval.top1}})
+    atomic_write_json(folder / "summary.json", summary)
+    atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
+    return summary
+
+
+def _last_train_row(log_path: Path) -> dict | None:
+    if not log_path.is_file():
+        return None
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]
+    return rows[-1] if rows else None
+
+
+def add_cli(stages) -> None:
+    p = stages.add_parser("train", help="train the draft head on the distilled records")
+    p.add_argument("--work", required=True)
+    p.add_argument("--out", required=True, help="head folder to write (official EAGLE layout)")
+    defaults = TrainConfig()
+    for name, value in asdict(defaults).items():
+        if isinstance(value, tuple):
+            p.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=len(value), default=list(value))
+        else:
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--max-shards", type=int, default=None, help="use only the first N shards")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default=None)
+    p.add_argument("--chat-template", default="tokenizer")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from eagle2.train.__main__ import load_target_and_chat
+
+    values = {name: getattr(args, name) for name in asdict(TrainConfig())}
+    values["betas"] = tuple(values["betas"])
+    config = TrainConfig(**values)
+    loaded, chat = load_target_and_chat(args)
+    bar = tqdm(desc="train", unit="step", dynamic_ncols=True, mininterval=5.0)
+
+    def progress(step: int, total: int, row: dict) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{row['ce_loss']:.3f}", pps=f"{row['pairs_per_s']:.0f}", refresh=True)
+
+    train(
+        loaded.target,
+        Path(args.work),
+        Path(args.out),
+        config,
+        stop_token_ids=tuple(sorted(chat.stop_token_ids)),
+        device=args.device,
+        max_shards=args.max_shards,
+        progress=progress,
+    )
+    bar.close()

