@@ -5,7 +5,7 @@ Output contract (a run folder; harness.aggregate reads exactly this):
     results.jsonl   one object per successful (cell, question, repeat, turn), appended, flushed and
                     fsync'ed as it finishes: schema, run_id, cell_id, model, model_source, head, task,
                     method, method_params, temperature, top_p, top_k, seed, repeat, question_id (str),
-                    category, turn (1-based), prompt_tokens, new_tokens, wall_time_s (the engine's
+                    category, turn (1-based), max_new_tokens, prompt_tokens, new_tokens, wall_time_s (the engine's
                     total_time_s: prefill + decoding, device-synchronised, no tokenisation inside),
                     prefill_time_s, draft_time_s, verify_time_s, other_time_s, target_forwards
                     (prefill included, so vanilla's tau = 1), accept_lengths, depth_reached,
@@ -279,6 +279,15 @@ class Runner:
         shard = f"{self.options.shard[0]}/{self.options.shard[1]}" if self.options.shard else None
         if self.options.resume and old_manifest and old_manifest.get("shard") != shard:
             raise ValueError(f"{self.out} holds shard {old_manifest.get('shard')}, not {shard}; resume it with the same --shard")
+        if self.options.resume:
+            current = {cell.cell_id for cell in self.cells}
+            foreign = sorted({row.get("cell_id") for row in previous} - current, key=str)
+            if foreign:
+                raise ValueError(
+                    f"{self.results.path} holds records of {len(foreign)} cell(s) that this suite with these overrides "
+                    f"does not have (e.g. {foreign[0]}); a report would mix them with the new ones. Resume with the "
+                    "same suite and the same --max-new-tokens / --temperatures (a different --limit is fine), or use a new --out"
+                )
         for row in previous:
             key = (row.get("cell_id"), str(row.get("question_id")), int(row.get("repeat", 0)), int(row.get("turn", 0)))
             if key in self.done:
@@ -453,6 +462,7 @@ class Runner:
             "question_id": question.question_id,
             "category": question.category,
             "turn": turn,
+            "max_new_tokens": cell.task.max_new_tokens,
             "prompt_tokens": len(prompt),
             "new_tokens": record.new_tokens,
             "wall_time_s": record.total_time_s,

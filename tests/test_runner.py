@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").i
 
 RESULT_KEYS = {
     "schema", "run_id", "cell_id", "model", "model_source", "head", "task", "method", "method_params", "temperature",
-    "top_p", "top_k", "seed", "repeat", "question_id", "category", "turn", "prompt_tokens", "new_tokens", "wall_time_s",
+    "top_p", "top_k", "seed", "repeat", "question_id", "category", "turn", "max_new_tokens", "prompt_tokens", "new_tokens", "wall_time_s",
     "prefill_time_s", "draft_time_s", "verify_time_s", "other_time_s", "target_forwards", "accept_lengths",
     "depth_reached", "depth_accepted", "confidence_checked", "confidence_accepted", "draft_tokens_per_step",
     "stop_reason", "output_ids", "output_text", "correct", "finished_at",
@@ -183,6 +183,12 @@ def test_resume_after_interruption_and_torn_line(full_run, tmp_path, monkeypatch
     assert len({r["run_id"] for r in resumed}) == 1
     again = run_suite(suite, options(out, resume=True))  # nothing left to do
     assert again.written == 0 and len(rows(out)) == 24
+    from harness.config import apply_overrides
+
+    more = run_suite(apply_overrides(suite, limit=3), options(out, resume=True))  # a larger --limit extends the run
+    assert more.written == 6 * 2 and len(rows(out)) == 36
+    with pytest.raises(ValueError, match="does not have"):  # other outputs: not mixed into this folder
+        run_suite(apply_overrides(suite, max_new_tokens=3), options(out, resume=True))
 
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
