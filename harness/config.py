@@ -98,8 +98,8 @@ class ModelConfig:
     system_message: str | None = None  # None = the template's default
 
     def identity(self) -> dict[str, Any]:
-        """What changes this model's outputs (device placement does not)."""
-        skip = {"device", "device_map"}
+        """What changes this model's outputs (device placement does not; the head is the cell's)."""
+        skip = {"device", "device_map", "head", "head_fallback"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -175,11 +175,13 @@ class Cell:
     top_k: int
     seed: int
     repeats: int = 1
+    head: str | None = None  # the head this cell uses: model.head, or head_fallback when a built-in is missing
 
     def identity(self) -> dict[str, Any]:
         return _plain(
             {
                 "model": self.model.identity(),
+                "head": self.head,
                 "task": self.task.identity(),
                 "method": self.method,
                 "method_params": dict(self.method_params),
@@ -211,6 +213,7 @@ class Cell:
             "top_k": self.top_k,
             "seed": self.seed,
             "repeats": self.repeats,
+            "head": self.head,
         }
 
 
@@ -657,6 +660,17 @@ def apply_overrides(
     return dataclasses.replace(suite, tasks=tasks, models=models, sampling=sampling)
 
 
+def effective_head(model: ModelConfig) -> str | None:
+    """The head a model's speculative cells use: `head`, or `head_fallback` while `head` is a
+    built-in that is not installed. Part of the cell id, so results drafted with the fallback are
+    never mixed with (or resumed as) results drafted with the real head."""
+    from harness.models import builtin_head_available
+
+    if model.head and model.head.startswith("builtin:") and model.head_fallback and not builtin_head_available(model.head):
+        return model.head_fallback
+    return model.head
+
+
 def expand(suite: Suite) -> list[Cell]:
     """models x tasks x methods (x sweep grid) x temperatures x seeds, in that order; duplicates dropped."""
     from eagle2.methods import METHODS
@@ -664,6 +678,7 @@ def expand(suite: Suite) -> list[Cell]:
     cells: list[Cell] = []
     seen: set[str] = set()
     for model in suite.models:
+        head = effective_head(model)
         for task in suite.tasks:
             for method in suite.methods:
                 for params in method.grid():
@@ -680,6 +695,7 @@ def expand(suite: Suite) -> list[Cell]:
                                 top_k=suite.sampling.top_k,
                                 seed=seed,
                                 repeats=suite.repeats,
+                                head=head if METHODS[method.name].needs_head else None,
                             )
                             if cell.cell_id in seen:
                                 logger.warning("dropping a duplicate cell %s (the same method configuration is listed twice)", cell.cell_id)

@@ -49,7 +49,7 @@ import torch
 from eagle2 import SamplingConfig
 from eagle2.methods import METHODS
 from harness.chat import ChatTemplate, Message
-from harness.config import Cell, ModelConfig, Suite, expand, shard_cells
+from harness.config import Cell, ModelConfig, Suite, effective_head, expand, shard_cells
 from harness.tasks import DataSource, Question, ScoreContext, get_task, select_questions
 
 logger = logging.getLogger(__name__)
@@ -370,7 +370,7 @@ class Runner:
     # -- models ------------------------------------------------------------------------------
 
     def _load_model(self, config: ModelConfig, needs_head: bool) -> _Loaded:
-        from harness.models import builtin_head_available, load_head, load_model
+        from harness.models import load_head, load_model
 
         device = None if config.device_map else resolve_device(config.device)
         loaded = load_model(
@@ -379,13 +379,12 @@ class Runner:
         head_used = None
         head = None
         if needs_head:
-            head_used = config.head
-            if head_used and head_used.startswith("builtin:") and not builtin_head_available(head_used) and config.head_fallback:
+            head_used = effective_head(config)
+            if head_used != config.head:
                 logger.warning(
                     "model %s: draft head %s is not installed; using the fallback %r (its results say head=%s)",
-                    config.name, head_used, config.head_fallback, config.head_fallback,
+                    config.name, config.head, head_used, head_used,
                 )
-                head_used = config.head_fallback
             head = load_head(head_used, loaded.target)
         chat = ChatTemplate(loaded.tokenizer, config.chat_template, config.system_message)
         eos = getattr(getattr(loaded.target.model, "generation_config", None), "eos_token_id", None)

@@ -106,8 +106,8 @@ def test_cell_id_is_stable_and_depends_on_what_changes_outputs(tmp_path):
     b = expand(load_suite(write(tmp_path, text, "b.yaml")))
     assert [c.cell_id for c in a] == [c.cell_id for c in b]
     # A golden id: the hash must not drift between versions, or --resume would redo finished work.
-    assert a[0].cell_id == "m.mt_bench.vanilla.T0.s0.390ddca93d"
-    assert a[1].cell_id == "m.mt_bench.eagle2.T0.s0.43a11aedec"
+    assert a[0].cell_id == "m.mt_bench.vanilla.T0.s0.ce63d8ea6d"
+    assert a[1].cell_id == "m.mt_bench.eagle2.T0.s0.eb13236e2a"
     suite = load_suite(write(tmp_path, text, "c.yaml"))
     same = expand(apply_overrides(suite, limit=3, device="cpu"))  # which questions / where: same cells
     assert [c.cell_id for c in same] == [c.cell_id for c in a]
@@ -232,3 +232,19 @@ def test_to_dict_is_json_ready(tmp_path):
     assert dataclasses.is_dataclass(cell)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cell.seed = 3
+
+
+def test_fallback_head_is_part_of_the_cell(tmp_path, monkeypatch):
+    import harness.models
+
+    text = MINIMAL.replace("    head: random\n", "    head: builtin:not-installed-head\n    head_fallback: random\n")
+    suite = load_suite(write(tmp_path, text))
+    monkeypatch.setattr(harness.models, "builtin_head_available", lambda spec: False)
+    vanilla, eagle = expand(suite)
+    assert vanilla.head is None and eagle.head == "random"
+    monkeypatch.setattr(harness.models, "builtin_head_available", lambda spec: True)
+    vanilla_later, eagle_later = expand(suite)  # once the head is installed: new cells, vanilla's unchanged
+    assert eagle_later.head == "builtin:not-installed-head" and eagle_later.cell_id != eagle.cell_id
+    assert vanilla_later.cell_id == vanilla.cell_id
+    other = load_suite(write(tmp_path, MINIMAL.replace("    head: random\n", "    head: some/other-head\n"), "other.yaml"))
+    assert expand(other)[0].cell_id == vanilla.cell_id  # vanilla does not depend on the head
