@@ -363,7 +363,13 @@ def _check_model(check: _Checker, path: tuple, data: Any) -> ModelConfig | None:
             if check.value(path + (key,), value, str) and not DEVICE_PATTERN.match(value):
                 check.error(path + (key,), f"{value!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
         elif key == "chat_template":
-            check.value(path + (key,), value, str, choices=_chat_templates())
+            if check.value(path + (key,), value, str) and value != "tokenizer":
+                try:
+                    names = _chat_templates()
+                except ImportError:
+                    check.error(path + (key,), f"{value!r} is a FastChat template, which needs the fschat package: pip install fschat")
+                else:
+                    check.value(path + (key,), value, str, choices=names)
         elif key == "source":
             check.value(path + (key,), value, str)
         else:
