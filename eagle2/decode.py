@@ -20,7 +20,7 @@ from eagle2.draft import Proposer
 from eagle2.record import CONFIDENCE_BINS, GREEDY, GenerationRecord, SamplingConfig
 from eagle2.target import TargetModel
 from eagle2.tree import DraftTree
-from eagle2.verify import Verdict, choose_token, verify
+from eagle2.verify import LazyLogits, Verdict, choose_token, verify
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def generate(
     stop_token_ids: Collection[int] = (),
     generator: torch.Generator | None = None,
     profile: bool = False,
+    lazy_logits: bool | None = None,
 ) -> GenerationRecord:
     """Generate up to `max_new_tokens` after `prompt_ids` with vanilla decoding (proposer=None)
     or a speculative proposer. `profile` synchronises the device around each phase to split the
@@ -112,6 +113,9 @@ def generate(
     cache = target.new_cache(prompt.numel() + max_new_tokens + tree_room + 1)
     watch = Stopwatch(device, synchronize=profile)
     stats = StepStats()
+    if lazy_logits is None:
+        # On a CPU, logits only for the nodes the verifier visits (see LazyLogits); on a GPU, all at once.
+        lazy_logits = device.type == "cpu"
 
     _synchronize(device)
     started = time.perf_counter()
@@ -143,8 +147,12 @@ def generate(
             tree = proposer.propose(max_depth=min(remaining - 1, room))
             watch.switch("verify")
             start = cache.length
-            out = target.forward(tree.tokens, cache, tree=tree)
-            verdict = verify(tree, out.logits, sampling, generator)
+            if lazy_logits:
+                out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0))
+                verdict = verify(tree, LazyLogits(out.hidden, target.lm_head), sampling, generator)
+            else:
+                out = target.forward(tree.tokens, cache, tree=tree)
+                verdict = verify(tree, out.logits, sampling, generator)
             watch.switch("other")
             cache.keep(start, verdict.path)
             new_tokens = tree.tokens[verdict.path[1:]].tolist() + [verdict.bonus]

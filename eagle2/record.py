@@ -36,9 +36,9 @@ GREEDY = SamplingConfig()
 class GenerationRecord:
     """What one generation did: the tokens, how many target forwards it took, and where time went.
 
-    τ (mean acceptance length) = new_tokens / target_forwards. Timings are wall-clock seconds,
-    measured with a device synchronisation at each region boundary when the engine is asked to
-    profile phases (otherwise draft/verify/other are zero and only prefill/total are set).
+    τ (mean acceptance length) = new_tokens / target_forwards. Timings are wall-clock seconds; prefill
+    and total are measured with a device synchronisation, the draft/verify/other split too when the
+    engine is asked to profile phases (without it the split is only exact on a CPU).
     """
 
     output_ids: tuple[int, ...]  # the new tokens only (prompt excluded), stop token included if one was hit

@@ -23,6 +23,26 @@ from eagle2.record import SamplingConfig
 from eagle2.tree import DraftTree
 
 
+class LazyLogits:
+    """Target logits of tree nodes computed only when the verifier visits the node.
+
+    On a CPU the lm_head over every node of a large tree (60 x 49k x 576 for SmolLM2) costs more
+    than the few rows an accepted path needs; on a GPU one batched matmul is cheaper than several
+    small ones, so the decode loop uses this on the CPU only.
+    """
+
+    def __init__(self, hidden: torch.Tensor, lm_head: torch.nn.Module) -> None:
+        self.hidden = hidden  # [n, H]
+        self.lm_head = lm_head
+        self.rows: dict[int, torch.Tensor] = {}
+
+    def __getitem__(self, node: int) -> torch.Tensor:
+        if node not in self.rows:
+            row = self.lm_head(self.hidden[node])
+            self.rows[node] = row if row.dtype in (torch.float32, torch.float64) else row.float()
+        return self.rows[node]
+
+
 @dataclass(frozen=True)
 class Verdict:
     path: list[int]  # accepted node indices, root (0) first, in depth order
@@ -57,14 +77,23 @@ def choose_token(logits: torch.Tensor, sampling: SamplingConfig, generator: torc
     return sample_token(target_distribution(logits, sampling), generator)
 
 
-def verify_greedy(tree: DraftTree, logits: torch.Tensor) -> Verdict:
-    """logits: [n, V] target logits at every tree node."""
-    choice = logits.argmax(dim=-1).tolist()
+def verify_greedy(tree: DraftTree, logits: torch.Tensor | LazyLogits) -> Verdict:
+    """logits: [n, V] target logits at every tree node (or LazyLogits)."""
+    if isinstance(logits, torch.Tensor):
+        batched = logits.argmax(dim=-1).tolist()  # one device sync for the whole tree
+
+        def argmax(node: int) -> int:
+            return batched[node]
+    else:
+
+        def argmax(node: int) -> int:
+            return int(logits[node].argmax())
+
     tokens = tree.tokens.tolist()
     children = tree.children
     node, path = 0, [0]
     while True:
-        wanted = choice[node]
+        wanted = argmax(node)
         nxt = next((c for c in children[node] if tokens[c] == wanted), None)
         if nxt is None:
             return Verdict(path=path, bonus=wanted)
@@ -96,7 +125,7 @@ def accept_among_siblings(
 
 
 def verify_sampling(
-    tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None
+    tree: DraftTree, logits: torch.Tensor | LazyLogits, sampling: SamplingConfig, generator: torch.Generator | None
 ) -> Verdict:
     tokens = tree.tokens.tolist()
     children = tree.children
@@ -111,7 +140,7 @@ def verify_sampling(
         path.append(node)
 
 
-def verify(tree: DraftTree, logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator | None) -> Verdict:
+def verify(tree: DraftTree, logits: torch.Tensor | LazyLogits, sampling: SamplingConfig, generator: torch.Generator | None) -> Verdict:
     if sampling.greedy:
         return verify_greedy(tree, logits)
     return verify_sampling(tree, logits, sampling, generator)

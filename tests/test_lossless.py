@@ -36,6 +36,19 @@ def test_eagle2_greedy_equals_vanilla(request, fixture, settings):
         assert record.target_forwards == len(record.accept_lengths)
 
 
+@pytest.mark.parametrize("lazy_logits", [True, False], ids=["lazy-logits", "batched-logits"])
+@pytest.mark.parametrize("fixture", ["target", "small_vocab_target"])
+def test_both_verification_logit_modes_are_lossless(request, fixture, lazy_logits):
+    target = request.getfixturevalue(fixture)
+    head = tiny_head(target)
+    for seed in range(4):
+        prompt = random_prompt(target.vocab_size, 6 + seed, 300 + seed)
+        expected = vanilla(target, prompt, 30)
+        for proposer in (DynamicTreeProposer(head, target, depth=5, top_k=4, total_tokens=20), StaticTreeProposer(head, target)):
+            record = generate(target, prompt, max_new_tokens=30, proposer=proposer, lazy_logits=lazy_logits)
+            assert record.output_ids == expected.output_ids
+
+
 @pytest.mark.parametrize("fixture", ["target", "small_vocab_target"])
 @pytest.mark.parametrize("tree", EAGLE1_TREES, ids=str)
 def test_eagle1_greedy_equals_vanilla(request, fixture, tree):

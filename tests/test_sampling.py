@@ -141,8 +141,8 @@ def exact_sequence_probs(target, prompt, length, sampling):
     return probs
 
 
-@pytest.mark.parametrize("method", ["eagle2", "eagle1"])
-def test_end_to_end_speculative_sampling_matches_the_target(method):
+@pytest.mark.parametrize("method,lazy_logits", [("eagle2", True), ("eagle1", True), ("eagle2", False)])
+def test_end_to_end_speculative_sampling_matches_the_target(method, lazy_logits):
     target = peaked_tiny_target()
     head = tiny_head(target, seed=4)
     prompt = random_prompt(5, 6, 7)
@@ -157,7 +157,7 @@ def test_end_to_end_speculative_sampling_matches_the_target(method):
             if method == "eagle2"
             else StaticTreeProposer(head, target, tree=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]])
         )
-        record = generate(target, prompt, max_new_tokens=length, proposer=proposer, sampling=sampling, generator=generator)
+        record = generate(target, prompt, max_new_tokens=length, proposer=proposer, sampling=sampling, generator=generator, lazy_logits=lazy_logits)
         counts[record.output_ids] = counts.get(record.output_ids, 0) + 1
         forwards += record.target_forwards
     assert forwards < runs * length  # drafts were accepted, so the tree path was exercised
