@@ -287,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Compare tau, speedup and losslessness of a run with a committed baseline under tolerances.")
     check.add_argument("run_dir", metavar="RUN_DIR")
     check.add_argument("--baseline", required=True, metavar="FILE", help="baseline JSON (write one with --write-baseline)")
-    check.add_argument("--tau-rel-tol", type=float, default=0.05, metavar="X", help="allowed relative drop of tau (default 0.05)")
+    check.add_argument("--tau-rel-tol", type=float, default=0.05, metavar="X", help="allowed relative change of tau, either way (default 0.05)")
     check.add_argument("--speedup-rel-tol", type=float, default=0.15, metavar="X", help="allowed relative drop of speedup (default 0.15)")
     check.add_argument("--write-baseline", action="store_true", help="write RUN_DIR's numbers to --baseline instead of checking")
     check.set_defaults(func=cmd_check)
