@@ -35,6 +35,25 @@ def tiny_llama(vocab_size: int = 97, *, seed: int = 0, layers: int = 2, dtype=to
     return TargetModel(model)
 
 
+def tiny_model(architecture: str, vocab_size: int = 61, seed: int = 0) -> TargetModel:
+    """A tiny random model of another supported family (float64)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+    )
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }[architecture]
+    extra = {"head_dim": 8} if architecture == "qwen3" else {}
+    return TargetModel(model_class(config_class(**common, **extra)).to(torch.float64))
+
+
 def tiny_head(target: TargetModel, seed: int = 1) -> DraftHead:
     return DraftHead.random(target.config, seed=seed).to(target.dtype)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from eagle2.tree import DraftTree
-from conftest import random_prompt
+from eagle2 import DynamicTreeProposer, StaticTreeProposer, generate
+from conftest import random_prompt, tiny_head, tiny_model
 
 
 def random_tree(vocab: int, size: int, seed: int) -> DraftTree:
@@ -53,3 +54,21 @@ def test_logits_for_selects_rows(target):
     assert last.logits.shape == (1, target.vocab_size)
     assert last.hidden.shape == (6, target.hidden_size)
     assert last.logits.dtype == torch.float64
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "qwen2", "qwen3"])
+def test_other_families_tree_forward_and_lossless_decoding(architecture):
+    target = tiny_model(architecture)
+    prompt = torch.tensor(random_prompt(target.vocab_size, 8, 1))
+    tree = random_tree(target.vocab_size, 10, 2)
+    cache = target.new_cache(8)
+    target.forward(prompt, cache)
+    tree_out = target.forward(tree.tokens, cache, tree=tree)
+    for path in tree.leaf_paths():
+        sequential = target.forward(torch.cat((prompt, tree.tokens[path])), target.new_cache(8))
+        for offset, node in enumerate(path):
+            torch.testing.assert_close(tree_out.logits[node], sequential.logits[prompt.numel() + offset], rtol=0, atol=1e-10)
+    head = tiny_head(target)
+    expected = generate(target, prompt.tolist(), max_new_tokens=24)
+    for proposer in (DynamicTreeProposer(head, target, depth=4, top_k=3, total_tokens=12), StaticTreeProposer(head, target)):
+        assert generate(target, prompt.tolist(), max_new_tokens=24, proposer=proposer).output_ids == expected.output_ids
