@@ -8,7 +8,6 @@ the GGUF's sha256; later loads take about a second and give identical weights.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -24,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eagle2.head import DraftHead
 from eagle2.target import TargetModel, parse_dtype
+from harness.files import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +66,9 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def dequantized_gguf_folder(gguf_path: Path) -> tuple[Path, str]:
     """A folder with the GGUF's weights as float32 safetensors plus its tokenizer (built once)."""
-    sha = file_sha256(gguf_path)
+    sha = sha256_of(gguf_path)
     folder = cache_root() / "gguf" / f"{gguf_path.stem}-{sha[:16]}"
     if (folder / "model.safetensors").is_file():
         return folder, sha

@@ -17,7 +17,6 @@ Offline and without the file, the error names the file to provide.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from harness.files import sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,6 @@ PINNED: Mapping[str, PinnedFile] = MappingProxyType(
         ),
     }
 )
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def default_cache_dir() -> Path:
