@@ -312,6 +312,13 @@ def test_the_trained_head_loads_and_is_lossless_in_the_engine(tmp_path: Path, da
     assert head.draft_vocab is not None and head.draft_vocab.shape == (40,) and STOP in head.draft_vocab.tolist()
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["hidden_size"] == 32
+    # Saved in float16 (half the size), loaded back as float32 with exactly the stored values.
+    from safetensors.torch import load_file
+
+    stored = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    assert all(p.dtype == torch.float32 for p in head.parameters())
+    torch.testing.assert_close(head.fc.weight, stored["fc.weight"].float(), atol=0, rtol=0)
     head = head.to(target.dtype)
     for seed in range(4):
         prompt = torch.randint(4, VOCAB, (12,), generator=torch.Generator().manual_seed(seed))

@@ -18,6 +18,7 @@ so a resumed run continues with the very next batch.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from eagle2.head import DraftHead
-from eagle2.target import TargetModel
+from eagle2.target import TargetModel, parse_dtype
 from eagle2.train.dataset import (
     Batch,
     Record,
@@ -45,6 +46,10 @@ from eagle2.train.dataset import (
 from eagle2.train.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_manifest
 
 logger = logging.getLogger(__name__)
+
+# Held-out batches are taken in one fixed shuffled order, so a max_heldout_pairs cap is a random
+# subset (not the shortest records) and every evaluation sees the same pairs.
+HELDOUT_ORDER_SEED = 20240531
 
 
 @dataclass(frozen=True)
@@ -67,13 +72,11 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     num_layers: int = 1
-    init: str = "random"  # "random" (std 0.02, official) or "target-last-layer"
     seed: int = 0
     max_heldout_pairs: int = 20000  # held-out evaluation uses at most this many pairs
+    save_dtype: str = "float16"  # dtype of the saved weights (loaded back as float32)
 
     def __post_init__(self) -> None:
-        if self.init not in ("random", "target-last-layer"):
-            raise ValueError(f"init must be 'random' or 'target-last-layer', got {self.init!r}")
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
 
@@ -98,8 +101,12 @@ class LossComputer:
         self.embed = target.embed_tokens.weight.detach().to(device=device, dtype=torch.float32)
         self.config = config
         self.device = device
+        # The target's full-vocabulary argmax of held-out batches (fixed), computed once per batch.
+        self.target_argmax: dict[int, torch.Tensor] = {}
 
-    def __call__(self, head: DraftHead, batch: Batch, *, noise: float, generator: torch.Generator | None, evaluate: bool = False):
+    def __call__(
+        self, head: DraftHead, batch: Batch, *, noise: float, generator: torch.Generator | None, evaluate: bool = False, batch_key: int | None = None
+    ):
         device = self.device
         features = batch.features.to(device=device, dtype=torch.float32)
         if noise > 0:
@@ -123,26 +130,20 @@ class LossComputer:
                 draft = log_probs.argmax(-1)
                 if self.draft_vocab is not None:
                     draft = self.draft_vocab[draft]
-                top1 = (draft == (target @ self.full_weight.T).argmax(-1)).float().sum()
+                reference = self.target_argmax.get(batch_key) if batch_key is not None else None
+                if reference is None:
+                    reference = (target @ self.full_weight.T).argmax(-1)
+                    if batch_key is not None:
+                        self.target_argmax[batch_key] = reference
+                top1 = (draft == reference).float().sum()
         return total, feature_loss, ce_loss, top1, int(weights.sum())
 
 
 def init_head(target: TargetModel, config: TrainConfig) -> DraftHead:
-    head = DraftHead.random(target.config, seed=config.seed, num_layers=config.num_layers)
-    if config.init == "target-last-layer":
-        # The head's layers start as copies of the target's last layers (attention, MLP, post-norm);
-        # fc starts as [0 | I] so that the first layer initially sees the feature itself.
-        source = list(target.decoder.layers)[-config.num_layers :]
-        with torch.no_grad():
-            for mine, theirs in zip(head.layers, source):
-                for name, param in mine.named_parameters():
-                    param.copy_(dict(theirs.named_parameters())[name].float())
-            hidden = head.config.hidden_size
-            head.fc.weight.zero_()
-            head.fc.weight[:, hidden:] = torch.eye(hidden)
-            if head.fc.bias is not None:
-                head.fc.bias.zero_()
-    return head.float()
+    """A random head (std 0.02, as the official training starts). Starting the layer from a copy of
+    the target's last layer was tried and is far worse (its residual-stream scale does not match
+    the normed features), so it is not offered."""
+    return DraftHead.random(target.config, seed=config.seed, num_layers=config.num_layers).float()
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -157,8 +158,8 @@ def evaluate(head: DraftHead, records: list[Record], losses: LossComputer, confi
     head.eval()
     totals = torch.zeros(4, dtype=torch.float64)
     pairs = 0
-    for _, batch in iterate(records, batches(records, config.tokens_per_batch, seed=None, max_pairs=config.max_pairs), max_pairs=config.max_pairs):
-        total, feature, ce, top1, count = losses(head, batch, noise=0.0, generator=None, evaluate=True)
+    for number, batch in iterate(records, batches(records, config.tokens_per_batch, seed=HELDOUT_ORDER_SEED, max_pairs=config.max_pairs), max_pairs=config.max_pairs):
+        total, feature, ce, top1, count = losses(head, batch, noise=0.0, generator=None, evaluate=True, batch_key=number)
         if count == 0:
             continue
         totals += torch.tensor([float(total) * count, float(feature) * count, float(ce) * count, float(top1)], dtype=torch.float64)
@@ -317,7 +318,9 @@ def train(
         "torch": torch.__version__,
         "device": str(device),
     }
-    head.save_pretrained(out, extra_config={"eagle2_training": {"steps": step, "heldout_top1": last_eval.top1}})
+    saved = copy.deepcopy(head).to(device="cpu", dtype=parse_dtype(config.save_dtype))
+    saved.draft_vocab = draft_vocab
+    saved.save_pretrained(out, extra_config={"eagle2_training": {"steps": step, "heldout_top1": last_eval.top1}})
     atomic_write_json(folder / "summary.json", summary)
     atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
