@@ -55,6 +55,9 @@ class CharChat:
     def pre_query_ids(self) -> list[int]:
         return [0, 1]
 
+    def answer_ids(self, turns, answer: str) -> list[int]:
+        return self.encode(answer) + [STOP]
+
     def decode(self, ids) -> str:
         return "".join(chr(ord("a") + (i - 4) % 26) if i >= 4 else " " for i in ids if i != STOP)
 
@@ -345,3 +348,31 @@ def test_heldout_split_is_stable_by_record_id(tmp_path: Path, data_dir: Path, ta
     train_b, held_b = split(list(reversed(records)), 0.25, 0)
     assert {r.id for r in held_a} == {r.id for r in held_b} and held_a and train_a
     assert answer_token_counts(records, VOCAB).sum() == sum(int(r.loss_mask.sum()) for r in records)
+
+
+def test_reference_answers_are_teacher_forced_with_the_same_features(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    path = tmp_path / "with_answers.jsonl"
+    rows = [{"prompt": f"Question {i}?", "response": "Answer " * (i + 1)} for i in range(5)] + [{"prompt": "No answer here"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = read_prompts(build_prompts(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir))
+    assert sum(p.response is not None for p in prompts) == 5
+    chat = CharChat()
+    config = DistillConfig(max_new_tokens=20, shard_size=4, answers="reference", feature_dtype="float64", prefill_tokens=40)
+    distill(target, chat, prompts, tmp_path / "work" / "distill", config)
+    records = load_records(tmp_path / "work" / "distill")
+    assert len(records) == 5 and {r.mode for r in records} == {"reference"}
+    by_id = {p.id: p for p in prompts}
+    for record in records:
+        prompt = by_id[record.id]
+        prompt_ids = chat.prompt_ids([Turn("user", prompt.prompt)])
+        answer = chat.answer_ids([], prompt.response)[:20]
+        assert record.tokens.tolist() == prompt_ids + answer
+        assert record.loss_mask.tolist() == [False] * len(prompt_ids) + [True] * len(answer)
+        expected = target.forward(record.tokens[:-1], target.new_cache(len(record.tokens) + 1)).hidden
+        torch.testing.assert_close(record.features, expected, atol=1e-9, rtol=1e-7)
+
+
+def test_shared_sets_carry_their_own_answers(tmp_path: Path) -> None:
+    from eagle2.train.prompts import _gsm8k_answer
+
+    assert _gsm8k_answer("She sold 48/2 = <<48/2=24>>24 clips.\n#### 72") == "She sold 48/2 = 24 clips.\nThe answer is 72."

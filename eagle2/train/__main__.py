@@ -83,6 +83,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
         sampled_fraction=args.sampled_fraction,
         temperature=args.temperature,
         seed=args.seed,
+        answers=args.answers,
     )
     loaded, chat = load_target_and_chat(args)
     bar = progress_bar(len(prompts), "distill")
@@ -126,28 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampled-fraction", type=float, default=0.5, help="share of prompts answered by sampling (rest greedy)")
     p.add_argument("--temperature", type=float, default=1.0, help="temperature of the sampled share")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--answers", choices=["generate", "reference"], default="generate", help="generate: the target answers (self-distillation); reference: teacher-force the sources' own answers (~10x cheaper)")
     p.add_argument("--worker", default="0/1", help="i/n: generate only shards i, i+n, ... (run n processes to share the work)")
     add_model_arguments(p)
     p.set_defaults(func=cmd_distill)
 
-    for extra in _extra_stages():
-        extra(stages)
+    from eagle2.train import evaluate, trainer
+
+    trainer.add_cli(stages)
+    evaluate.add_cli(stages)
     return parser
-
-
-def _extra_stages():
-    stages = []
-    try:
-        from eagle2.train.trainer import add_cli as add_train
-        stages.append(add_train)
-    except ImportError:
-        pass
-    try:
-        from eagle2.train.evaluate import add_cli as add_evaluate
-        stages.append(add_evaluate)
-    except ImportError:
-        pass
-    return stages
 
 
 def main(argv: list[str] | None = None) -> None:

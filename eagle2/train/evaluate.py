@@ -131,6 +131,7 @@ def add_cli(stages) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--full-vocab", action="store_true", help="draft over the whole vocabulary, ignoring the head's reduced draft vocabulary")
     p.add_argument("--model", default="embedded")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default=None)
@@ -146,6 +147,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     loaded, chat = load_target_and_chat(args)
     head = load_head(args.head, loaded.target)
+    if args.full_vocab:
+        head.draft_vocab = None
     question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
     questions = select_questions(question_file, args.questions)
     methods = [MethodConfig.parse(m) for m in args.methods]

@@ -122,3 +122,31 @@ def batched_generate(
         )
         for row in range(batch)
     ]
+
+
+@torch.inference_mode()
+def prefill_features(
+    target: TargetModel,
+    sequences: Sequence[Sequence[int]],
+    *,
+    feature_dtype: torch.dtype = torch.float16,
+    pad_token_id: int = 0,
+) -> list[torch.Tensor]:
+    """Teacher forcing: one left-padded forward over complete sequences; for each, the features of
+    all its tokens but the last ([len - 1, H]), as generation would have captured them."""
+    if not sequences:
+        return []
+    device = target.device
+    lengths = [len(s) for s in sequences]
+    if min(lengths) < 2:
+        raise ValueError("every sequence needs at least two tokens")
+    width = max(lengths) - 1  # the last token of each sequence is never fed
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(sequences), width, dtype=torch.long, device=device)
+    for row, sequence in enumerate(sequences):
+        fed = list(sequence)[:-1]
+        input_ids[row, width - len(fed) :] = torch.as_tensor(fed, dtype=torch.long, device=device)
+        mask[row, width - len(fed) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = target.decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).last_hidden_state
+    return [hidden[row, width - (length - 1) :].to(feature_dtype) for row, length in enumerate(lengths)]

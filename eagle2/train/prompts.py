@@ -68,6 +68,10 @@ class ChatFormat(Protocol):
     def pre_query_ids(self) -> list[int]:
         """Everything a rendered conversation holds before the first user message's text (Magpie)."""
 
+    def answer_ids(self, turns: Sequence[Turn], answer: str) -> list[int]:
+        """The tokens that follow prompt_ids(turns) when the assistant answers `answer`, ending with
+        the first stop token (the end-of-turn marker)."""
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
@@ -92,6 +96,17 @@ class TemplateChat:
         prefix = text[: text.index(self.SENTINEL)]
         return list(self.tokenizer(prefix, add_special_tokens=False).input_ids)
 
+    def answer_ids(self, turns: Sequence[Turn], answer: str) -> list[int]:
+        prompt = self.template.render(list(turns), add_generation_prompt=True)
+        full = self.template.render([*turns, Turn("assistant", answer)], add_generation_prompt=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the prompt differently inside a full conversation; cannot teacher-force answers")
+        ids = list(self.tokenizer(full[len(prompt) :], add_special_tokens=False).input_ids)
+        for index, token in enumerate(ids):
+            if token in self.stop_token_ids:
+                return ids[: index + 1]
+        return ids
+
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
@@ -101,6 +116,7 @@ class Prompt:
     id: str  # unique, stable: "<source>/<index>"
     source: str
     prompt: str
+    response: str | None = None  # the source's own answer, when it has one (for teacher-forced distillation)
 
 
 class ContaminationError(ValueError):
@@ -197,7 +213,7 @@ def _require(path: Path, name: str) -> None:
 def find_overlaps(prompts: Iterable[Prompt], index: EvalIndex) -> list[Overlap]:
     found = []
     for prompt in prompts:
-        hit = index.find(prompt.prompt)
+        hit = index.find(prompt.prompt) or (index.find(prompt.response) if prompt.response else None)
         if hit is not None:
             found.append(Overlap(prompt.id, hit[0], hit[1]))
     return found
@@ -238,49 +254,67 @@ def _join(instruction: str, extra: str | None) -> str:
     return f"{instruction}\n\n{extra.strip()}" if extra and extra.strip() else instruction
 
 
-def read_shared_set(data_dir: Path, name: str) -> list[str]:
+def _gsm8k_answer(text: str) -> str:
+    """A GSM8K solution as prose: calculator annotations dropped, '#### X' -> 'The answer is X.'"""
+    text = re.sub(r"<<[^>]*>>", "", text)
+    return re.sub(r"\n?#### *(.+)$", r"\nThe answer is \1.", text.strip())
+
+
+def read_shared_set(data_dir: Path, name: str) -> list[tuple[str, str | None]]:
+    """(prompt, the set's own response) pairs of a shared training set."""
     path = data_dir / SHARED_SETS[name]
     if not path.is_file():
         raise FileNotFoundError(f"training set {name} not found at {path} (set --data-dir / EAGLE2_DATA_DIR)")
     if name == "gsm8k_train":
-        return [row["question"].strip() for row in read_jsonl(path)]
+        return [(row["question"].strip(), _gsm8k_answer(row["answer"])) for row in read_jsonl(path)]
     if name == "mbpp":
         # The task text alone reads like a user request; the first test shows the expected signature.
-        return [f"{row['text'].strip()}\nYour code should pass this test: {row['test_list'][0]}" for row in read_jsonl(path)]
+        return [
+            (f"{row['text'].strip()}\nYour code should pass this test: {row['test_list'][0]}", f"```python\n{row['code'].strip()}\n```")
+            for row in read_jsonl(path)
+        ]
     if name == "self_instruct_seed":
-        return [_join(row["instruction"], row["instances"][0]["input"] if row["instances"] else "") for row in read_jsonl(path)]
+        return [
+            (_join(row["instruction"], row["instances"][0]["input"] if row["instances"] else ""), (row["instances"][0]["output"].strip() or None) if row["instances"] else None)
+            for row in read_jsonl(path)
+        ]
     rows = json.loads(path.read_text())
-    return [_join(row["instruction"], row.get("input")) for row in rows]
+    return [(_join(row["instruction"], row.get("input")), row.get("response", "").strip() or None) for row in rows]
 
 
-def read_prompt_file(path: Path) -> list[str]:
-    """User prompts: JSONL / JSON array of {prompt|instruction(+input)|question|text} or ShareGPT conversations."""
+def read_prompt_file(path: Path) -> list[tuple[str, str | None]]:
+    """(prompt, response or None) from a JSONL / JSON array of {prompt|instruction(+input)|question|text
+    [, response|output|answer]} or ShareGPT conversations (first human turn, and the reply after it)."""
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     text = path.read_text(encoding="utf-8")
     rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    prompts = []
+    prompts: list[tuple[str, str | None]] = []
     for number, row in enumerate(rows):
         if isinstance(row, str):
-            prompts.append(row.strip())
+            prompts.append((row.strip(), None))
             continue
         conversation = row.get("conversations") or row.get("messages")
         if conversation:
-            first = next((m for m in conversation if (m.get("from") or m.get("role")) in ("human", "user")), None)
+            roles = [m.get("from") or m.get("role") for m in conversation]
+            first = next((i for i, r in enumerate(roles) if r in ("human", "user")), None)
             if first is None:
                 raise ValueError(f"{path}: conversation {number} has no human/user turn")
-            prompts.append(str(first.get("value", first.get("content", ""))).strip())
+            content = lambda m: str(m.get("value", m.get("content", ""))).strip()  # noqa: E731
+            reply = conversation[first + 1] if first + 1 < len(conversation) and roles[first + 1] in ("gpt", "assistant") else None
+            prompts.append((content(conversation[first]), (content(reply) or None) if reply else None))
             continue
         for key in ("prompt", "instruction", "question", "text"):
             if key in row:
-                prompts.append(_join(str(row[key]), row.get("input") if key == "instruction" else None))
+                response = next((str(row[k]).strip() for k in ("response", "output", "answer") if row.get(k)), None)
+                prompts.append((_join(str(row[key]), row.get("input") if key == "instruction" else None), response))
                 break
         else:
             raise ValueError(f"{path}: row {number} has none of prompt, instruction, question, text, conversations, messages; keys: {sorted(row)}")
-    return [p for p in prompts if p]
+    return [(p, r) for p, r in prompts if p]
 
 
-def _subset(items: list[str], count: int | None, seed: int, label: str) -> list[tuple[int, str]]:
+def _subset(items: list, count: int | None, seed: int, label: str) -> list[tuple[int, object]]:
     indexed = list(enumerate(items))
     if count is None or count >= len(indexed):
         return indexed
@@ -396,9 +430,10 @@ def build_prompts(
         else:
             if target is None or chat is None:
                 raise ValueError("magpie synthesis needs the target model and its chat format")
-            items = synthesise_magpie(target, chat, spec.count or 0, out_dir / "magpie", seed=config.seed, config=config.magpie, progress=progress)
-        for number, text in _subset(items, spec.count, config.seed, spec.label()):
-            prompts.append(Prompt(id=f"{spec.label()}/{number}", source=spec.label(), prompt=text))
+            queries = synthesise_magpie(target, chat, spec.count or 0, out_dir / "magpie", seed=config.seed, config=config.magpie, progress=progress)
+            items = [(q, None) for q in queries]
+        for number, (text, response) in _subset(items, spec.count, config.seed, spec.label()):
+            prompts.append(Prompt(id=f"{spec.label()}/{number}", source=spec.label(), prompt=text, response=response))
     # Exact duplicates across sources are kept once.
     unique: dict[str, Prompt] = {}
     for prompt in prompts:
