@@ -376,3 +376,25 @@ def test_shared_sets_carry_their_own_answers(tmp_path: Path) -> None:
     from eagle2.train.prompts import _gsm8k_answer
 
     assert _gsm8k_answer("She sold 48/2 = <<48/2=24>>24 clips.\n#### 72") == "She sold 48/2 = 24 clips.\nThe answer is 72."
+
+
+def test_fine_tuning_from_a_head_with_extra_teacher_forced_data(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    work = tmp_path / "work"
+    first = run_pipeline(work, data_dir, target)
+    path = tmp_path / "with_answers.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Extra {i}?", "response": "Yes " * (i + 2)}) + "\n" for i in range(8)))
+    extra = tmp_path / "extra"
+    prompts = read_prompts(build_prompts(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), extra, data_dir))
+    distill(target, CharChat(), prompts, extra / "distill", DistillConfig(max_new_tokens=12, answers="reference"))
+    config = replace(SMALL_TRAIN, epochs=1, init_from=str(first), extra_distill=(str(extra / "distill"),))
+    # A fresh work folder that reuses the same self-distilled shards.
+    second = tmp_path / "second"
+    (second).mkdir()
+    (second / "distill").symlink_to(work / "distill", target_is_directory=True)
+    summary = train(target, second, tmp_path / "tuned", config, stop_token_ids=(STOP,))
+    base = len(split(load_records(work / "distill"), 0.25, 0)[0])
+    extra_train = len(split(load_records(extra / "distill"), 0.25, 0)[0])
+    assert summary["data"]["train_records"] == base + extra_train
+    assert summary["data"]["heldout_records"] == len(split(load_records(work / "distill"), 0.25, 0)[1])
+    tuned = DraftHead.from_pretrained(tmp_path / "tuned")
+    assert tuned.draft_vocab is not None

@@ -74,6 +74,10 @@ class TrainConfig:
     num_layers: int = 1
     seed: int = 0
     max_heldout_pairs: int = 20000  # held-out evaluation uses at most this many pairs
+    init_from: str = ""  # a head folder to start from (fine-tuning); "" = random initialisation
+    # Further distillation folders (e.g. teacher-forced reference answers) used for training only;
+    # their records whose id falls in the held-out split are left out, so no held-out prompt is seen.
+    extra_distill: tuple[str, ...] = ()
     save_dtype: str = "float16"  # dtype of the saved weights (loaded back as float32)
 
     def __post_init__(self) -> None:
@@ -190,6 +194,11 @@ def train(
     folder.mkdir(parents=True, exist_ok=True)
     records = load_records(work / "distill", max_shards=max_shards)
     train_records, heldout = split(records, config.heldout_fraction, config.seed)
+    for extra in config.extra_distill:
+        extra_train, _ = split(load_records(Path(extra)), config.heldout_fraction, config.seed)
+        logger.info("extra training records from %s: %d", extra, len(extra_train))
+        train_records += extra_train
+        records += extra_train
     if not train_records or not heldout:
         raise ValueError(f"{len(records)} records split into {len(train_records)} train / {len(heldout)} held-out; need both non-empty")
     check_manifest(folder / "train.config.json", {**asdict(config), "records": len(records), "train_records": len(train_records)}, "train")
@@ -214,6 +223,10 @@ def train(
     logger.info("data: %s", data)
 
     head = init_head(target, config).to(device)
+    if config.init_from:
+        start = DraftHead.from_pretrained(config.init_from, embedding_shape=tuple(target.embed_tokens.weight.shape))
+        head.load_state_dict(start.float().state_dict())
+        logger.info("initialised from %s", config.init_from)
     head.draft_vocab = draft_vocab
     losses = LossComputer(target, draft_vocab, config, device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
@@ -341,7 +354,9 @@ def add_cli(stages) -> None:
     p.add_argument("--out", required=True, help="head folder to write (official EAGLE layout)")
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
-        if isinstance(value, tuple):
+        if name == "extra_distill":
+            p.add_argument("--extra-distill", nargs="*", default=[], help="more distill folders, for training only")
+        elif isinstance(value, tuple):
             p.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=len(value), default=list(value))
         else:
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
@@ -361,6 +376,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     values = {name: getattr(args, name) for name in asdict(TrainConfig())}
     values["betas"] = tuple(values["betas"])
+    values["extra_distill"] = tuple(values["extra_distill"])
     config = TrainConfig(**values)
     loaded, chat = load_target_and_chat(args)
     bar = tqdm(desc="train", unit="step", dynamic_ncols=True, mininterval=5.0)
