@@ -84,6 +84,8 @@ def measure(target, head, chat, questions: list[dict], methods: list[MethodConfi
                 continue
             new_tokens = forwards = 0
             per_question = []
+            reached: list[int] = []
+            accepted: list[int] = []
             mismatches = 0
             started = time.perf_counter()
             for number, (question, ids) in enumerate(zip(questions, prompts)):
@@ -99,6 +101,12 @@ def measure(target, head, chat, questions: list[dict], methods: list[MethodConfi
                 new_tokens += record.new_tokens
                 forwards += record.target_forwards
                 per_question.append(record.mean_accept_length)
+                for depth, (r, a) in enumerate(zip(record.depth_reached, record.depth_accepted)):
+                    if depth >= len(reached):
+                        reached.append(0)
+                        accepted.append(0)
+                    reached[depth] += r
+                    accepted[depth] += a
                 if temperature == 0:
                     if method.name == "vanilla":
                         reference[number] = record.output_ids
@@ -112,6 +120,8 @@ def measure(target, head, chat, questions: list[dict], methods: list[MethodConfi
                 "target_forwards": forwards,
                 "seconds": round(seconds, 1),
                 "tokens_per_s": new_tokens / seconds,
+                # P(depth d+1 accepted | its parent path was accepted), d = 0, 1, ...
+                "acceptance_by_depth": [round(a / r, 3) if r else None for r, a in zip(reached, accepted)],
             }
             if temperature == 0 and method.name != "vanilla" and reference:
                 row["greedy_mismatches_vs_vanilla"] = mismatches
