@@ -105,13 +105,16 @@ class TargetModel:
     def new_cache(self, capacity: int) -> TreeKVCache:
         return TreeKVCache(self.num_layers, capacity)
 
-    def attention_mask(self, prefix_length: int, query_length: int, tree: DraftTree | None) -> torch.Tensor:
+    def attention_mask(self, prefix_length: int, query_length: int, tree: DraftTree | None) -> torch.Tensor | None:
         """[1, 1, q, prefix + q] additive mask: the prefix is visible to all; within the new tokens,
-        causal order, or for a tree each node sees its ancestors and itself."""
+        causal order, or for a tree each node sees its ancestors and itself.
+
+        A single query token sees every entry, so it gets None: an all-zero mask would force SDPA off
+        its unmasked kernel and cost vanilla decoding ~10% per token on a CPU (benchmarks/engine.py)."""
+        if query_length == 1:
+            return None
         device, dtype = self.device, self.dtype
         mask = torch.zeros(1, 1, query_length, prefix_length + query_length, dtype=dtype, device=device)
-        if query_length == 1:
-            return mask
         if tree is None:
             visible = torch.ones(query_length, query_length, dtype=torch.bool, device=device).tril()
         else:
