@@ -158,7 +158,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if args.write_baseline:
-        path = write_baseline(run_dir, Path(args.baseline))
+        path = write_baseline(run_dir, Path(args.baseline), tau_rel_tol=args.tau_rel_tol, speedup_rel_tol=args.speedup_rel_tol)
         print(f"baseline written: {path}")
         return EXIT_OK
     ok, table = run_check(run_dir, Path(args.baseline), tau_rel_tol=args.tau_rel_tol, speedup_rel_tol=args.speedup_rel_tol)
@@ -239,6 +239,8 @@ DESCRIPTION = textwrap.dedent(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness.check import DEFAULT_SPEEDUP_REL_TOL, DEFAULT_TAU_REL_TOL
+
     parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -287,8 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Compare tau, speedup and losslessness of a run with a committed baseline under tolerances.")
     check.add_argument("run_dir", metavar="RUN_DIR")
     check.add_argument("--baseline", required=True, metavar="FILE", help="baseline JSON (write one with --write-baseline)")
-    check.add_argument("--tau-rel-tol", type=float, default=0.05, metavar="X", help="allowed relative change of tau, either way (default 0.05)")
-    check.add_argument("--speedup-rel-tol", type=float, default=0.15, metavar="X", help="allowed relative drop of speedup (default 0.15)")
+    check.add_argument("--tau-rel-tol", type=float, default=DEFAULT_TAU_REL_TOL, metavar="X",
+                       help=f"allowed relative change of tau, either way (default {DEFAULT_TAU_REL_TOL})")
+    check.add_argument("--speedup-rel-tol", type=float, default=DEFAULT_SPEEDUP_REL_TOL, metavar="X",
+                       help=f"allowed relative drop of speedup (default {DEFAULT_SPEEDUP_REL_TOL})")
     check.add_argument("--write-baseline", action="store_true", help="write RUN_DIR's numbers to --baseline instead of checking")
     check.set_defaults(func=cmd_check)
 

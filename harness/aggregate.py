@@ -55,6 +55,9 @@ RECORD_KEYS: tuple[str, ...] = ("cell_id", "repeat", "question_id", "turn")
 # What a speculative sample and its vanilla counterpart share (model, task, temperature are fixed
 # within a comparison).
 SAMPLE_KEYS: tuple[str, ...] = ("seed", "question_id", "turn")
+# Parts of a cell's identity that GROUP_KEYS leave out: one group mixing them (runs or shards run
+# with other overrides, a head fallback) gets a note instead of silently pooled numbers.
+POOLING_WARNING_KEYS: tuple[str, ...] = ("head", "max_new_tokens", "top_p", "top_k", "model_source")
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -254,11 +257,14 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
             failure_frame["repeat"] = None
         keys = ["cell_id", "question_id", "repeat", "turn"]
         failure_frame = failure_frame.drop_duplicates(subset=keys, keep="last")
-        # A failure that a later (resumed) run turned into a record no longer counts.
+        # A failure that a later (resumed) run turned into a record no longer counts; so does a
+        # whole-cell failure (model load, bad method: no question) of a cell that now has records.
         if not record_frame.empty:
             done = set(zip(record_frame["cell_id"], record_frame["question_id"], record_frame["repeat"], record_frame["turn"]))
+            cells_with_records = set(record_frame["cell_id"])
             keep = [
                 (c, q, 0 if r is None or r != r else int(r), t) not in done
+                and not (q is None and c in cells_with_records)
                 for c, q, r, t in zip(*(failure_frame[k] for k in keys))
             ]
             failure_frame = failure_frame[keep]
@@ -399,6 +405,10 @@ def summarize(
         for key, group in records.groupby(keys, sort=False, dropna=False):
             row: dict[str, Any] = dict(zip(keys, key))
             notes: list[str] = []
+            for column in POOLING_WARNING_KEYS:
+                if column in group and group[column].nunique(dropna=False) > 1:
+                    values = ", ".join(sorted(map(str, group[column].unique())))
+                    notes.append(f"pools records with different {column} ({values}): merged runs that differ")
             new_tokens = int(group["new_tokens"].sum())
             wall = float(group["wall_time_s"].sum())
             forwards = int(group["target_forwards"].sum())
@@ -419,8 +429,8 @@ def summarize(
                 speed = paired_speedup(group, vanilla, n_boot=n_boot, seed=seed)
                 if speed.samples == 0:
                     notes.append("no (seed, question, turn) in common with vanilla: speedup not computed")
-                elif speed.samples < len(group):
-                    notes.append(f"speedup over {speed.samples} of {len(group)} samples (those vanilla also has)")
+                elif speed.samples < (n_samples := group.groupby(list(SAMPLE_KEYS)).ngroups):
+                    notes.append(f"speedup over {speed.samples} of {n_samples} samples (those vanilla also has)")
             row.update(
                 vanilla_tokens_per_s=speed.vanilla_tokens_per_s,
                 speedup=speed.value,

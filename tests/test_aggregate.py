@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 import pytest
-from results_fixture import EAGLE1, EAGLE2, record, write_jsonl, write_run
+from results_fixture import EAGLE1, EAGLE2, failure, record, write_jsonl, write_run
 
 from harness.aggregate import (
     calibration_table,
@@ -196,3 +196,40 @@ def test_a_folder_of_shards_stands_for_all_of_them(tmp_path):
     run = load_runs(tmp_path / "sharded")
     assert len(run.run_dirs) == 2
     assert len(run.records) == 15
+
+
+def test_a_whole_cell_failure_is_cleared_once_the_cell_has_records(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    write_jsonl(d / "results.jsonl", [record("vanilla", "q1", 1, 10, 1.0, 10), record("eagle2", "q1", 1, 10, 0.5, 4)])
+    # Model load failed before any question (question_id null), then a resumed run completed the cell.
+    write_jsonl(d / "failures.jsonl", [failure("eagle2", None), failure("eagle1", None)])
+    run = load_runs(d)
+    assert run.failures["method"].tolist() == ["eagle1"]
+
+
+def test_repeats_of_a_sample_do_not_trigger_the_partial_pairing_note(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    rows = []
+    for repeat in (0, 1):
+        for method, wall in (("vanilla", 1.0), ("eagle2", 0.5)):
+            rows.append({**record(method, "q1", 1, 10, wall, 10), "repeat": repeat})
+    write_jsonl(d / "results.jsonl", rows)
+    e2 = row(summarize(load_runs(d)), "mtbench", "eagle2")
+    assert e2["speedup"] == pytest.approx(2.0)
+    assert "samples" not in e2["note"]
+
+
+def test_a_group_pooling_different_heads_gets_a_note(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    write_jsonl(d / "results.jsonl", [
+        record("vanilla", "q1", 1, 10, 1.0, 10),
+        record("vanilla", "q2", 1, 10, 1.0, 10),
+        {**record("eagle2", "q1", 1, 10, 0.5, 4), "head": "builtin:a"},
+        {**record("eagle2", "q2", 1, 10, 0.5, 4), "head": "random"},
+    ])
+    summary = summarize(load_runs(d))
+    assert "different head (builtin:a, random)" in row(summary, "mtbench", "eagle2")["note"]
+    assert "pools" not in row(summary, "mtbench", "vanilla")["note"]
