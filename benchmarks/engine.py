@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from eagle2 import METHODS, SamplingConfig  # noqa: E402
 from harness.chat import ChatTemplate, Message  # noqa: E402
-from harness.models import EMBEDDED_HEAD, builtin_head_path, load_head, load_model  # noqa: E402
+from harness.models import EMBEDDED_HEAD, builtin_head_available, load_head, load_model  # noqa: E402
 
 DEFAULT_METHODS = [
     ("vanilla", {}),
@@ -80,12 +80,16 @@ def main() -> None:
     target = loaded.target
     head_spec = args.head
     if head_spec is None:
-        shipped = builtin_head_path(EMBEDDED_HEAD)
-        head_spec = f"builtin:{EMBEDDED_HEAD}" if args.model == "embedded" and (shipped / "config.json").is_file() else "random"
+        shipped = f"builtin:{EMBEDDED_HEAD}"
+        head_spec = shipped if args.model == "embedded" and builtin_head_available(shipped) else "random"
     head = load_head(head_spec, target)
     template = ChatTemplate(loaded.tokenizer, args.chat_template)
     prompts = [template.prompt_ids([Message("user", text)]) for text in mt_bench_first_turns(args.data_dir, args.prompts + 1)]
     methods = [tuple(m) for m in json.loads(args.methods)] if args.methods else DEFAULT_METHODS
+    names = [name for name, _ in methods]
+    if "vanilla" not in names:
+        parser.error("--methods must include vanilla: every speedup and the lossless check are against it")
+    baseline = names.index("vanilla")
     decoders = [(name, params, METHODS[name].create(target, head, params)) for name, params in methods]
     sampling = SamplingConfig(temperature=args.temperature)
 
@@ -111,11 +115,11 @@ def main() -> None:
                 entry["per_prompt"].append(record.new_tokens / record.total_time_s)
             if p_index > 0:
                 for i in outputs:
-                    totals[i]["same"] += outputs[i] == outputs[0]
+                    totals[i]["same"] += outputs[i] == outputs[baseline]
             print(f"  prompt {p_index}/{len(prompts) - 1} repeat {repeat + 1}/{args.repeats} done ({time.time() - started:.0f} s)", file=sys.stderr)
 
     counted = (len(prompts) - 1) * args.repeats
-    vanilla_rate = totals[0]["tokens"] / totals[0]["seconds"]
+    vanilla_rate = totals[baseline]["tokens"] / totals[baseline]["seconds"]
     rows = []
     for i, (name, params, _) in enumerate(decoders):
         entry = totals[i]
@@ -129,7 +133,7 @@ def main() -> None:
                 "tokens_per_s": round(rate, 2),
                 "median_prompt_tokens_per_s": round(statistics.median(entry["per_prompt"]), 2),
                 "speedup_vs_vanilla": round(rate / vanilla_rate, 3),
-                "tau": round(entry["tokens"] / entry["forwards"], 3) if name not in ("hf_generate",) else 1.0,
+                "tau": round(entry["tokens"] / entry["forwards"], 3),
                 "greedy_equal_to_vanilla": f"{entry['same']}/{counted}" if sampling.greedy else "n/a (sampling)",
             }
         )
