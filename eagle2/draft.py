@@ -163,8 +163,7 @@ class StaticTreeProposer:
             paths = [p for p in shape.paths if max(p) < self.drafter.vocab_size]
             shape = StaticTreeShape.from_paths(paths, name=f"{shape.name}[<{self.drafter.vocab_size}]")
         self.shape: StaticTreeShape = shape
-        self.max_tree_size = self.shape.size
-        shape = self.shape
+        self.max_tree_size = shape.size
         self.children: list[list[int]] = [[] for _ in range(shape.size)]
         for node in range(1, shape.size):
             self.children[shape.parents[node]].append(node)
@@ -198,10 +197,13 @@ class StaticTreeProposer:
         fed: list[int] = []
         parent_rows = {0: 0}  # template node -> row in `level` holding its children
         for depth in range(1, depth_limit + 1):
+            # One device-to-host copy per depth; indexing device tensors per node would sync per node.
+            level_tokens = level.tokens.tolist()
+            level_log_probs = level.log_probs.cpu()
             for node in self.by_depth[depth]:
                 row = parent_rows[shape.parents[node]]
-                tokens[node] = int(level.tokens[row, shape.ranks[node]])
-                log_probs[node] = level.log_probs[row, shape.ranks[node]]
+                tokens[node] = level_tokens[row][shape.ranks[node]]
+                log_probs[node] = level_log_probs[row, shape.ranks[node]]
             if depth == depth_limit:
                 break
             expand = [n for n in self.by_depth[depth] if self.children[n]]

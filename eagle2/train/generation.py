@@ -37,8 +37,9 @@ def choose_tokens(logits: torch.Tensor, temperature: float, generator: torch.Gen
     """[b, V] logits -> [b] tokens: exact argmax at temperature 0, else a sample from softmax(l/T)."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    # Drawn on the CPU: the stages' generators are CPU generators, which a CUDA multinomial refuses.
+    probs = torch.softmax(logits.detach().to(device="cpu", dtype=torch.float32) / temperature, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
 
 
 @torch.inference_mode()
