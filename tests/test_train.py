@@ -146,6 +146,19 @@ def test_overlapping_prompts_can_be_dropped_and_are_listed(tmp_path: Path, data_
     assert summary["overlaps_dropped"] == [{"prompt_id": "file-mine/1", "eval_item": "mt_bench/81.1", "rule": "exact"}]
 
 
+def test_after_a_refusal_the_suggested_flag_is_accepted_on_rerun(tmp_path: Path, data_dir: Path) -> None:
+    prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", MT_BENCH_TURN])
+    config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",))
+    with pytest.raises(ContaminationError, match="--drop-overlapping"):
+        build_prompts(config, tmp_path / "work", data_dir)
+    # Nothing was produced, so the changed configuration is not a resume conflict.
+    path = build_prompts(replace(config, drop_overlapping=True), tmp_path / "work", data_dir)
+    assert [p.prompt for p in read_prompts(path)] == ["What is the capital of France?"]
+    # Once there is output, a different configuration is refused.
+    with pytest.raises(ValueError, match="changed: drop_overlapping"):
+        build_prompts(config, tmp_path / "work", data_dir)
+
+
 def test_unrelated_prompts_pass_and_a_missing_eval_set_is_an_error(tmp_path: Path, data_dir: Path) -> None:
     index = build_eval_index(data_dir, ("mt_bench", "gsm8k_test"))
     assert index.find("Write a poem about a travel blog and a recent trip.") is None

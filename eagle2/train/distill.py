@@ -92,7 +92,9 @@ def distill(
     if not 0 <= index < workers:
         raise ValueError(f"worker must be i/n with 0 <= i < n, got {index}/{workers}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_manifest(out_dir / "distill.config.json", {**asdict(config), "prompts": len(prompts)}, "distill")
+    check_manifest(
+        out_dir / "distill.config.json", {**asdict(config), "prompts": len(prompts)}, "distill", outputs=out_dir.glob("shard-*.safetensors")
+    )
     feature_dtype = parse_dtype(config.feature_dtype)
     paths = []
     shards = (len(prompts) + config.shard_size - 1) // config.shard_size

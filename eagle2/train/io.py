@@ -69,9 +69,12 @@ def atomic_torch_save(path: Path, value: Any) -> None:
         raise
 
 
-def check_manifest(path: Path, config: dict, stage: str) -> None:
-    """Write the stage's resolved config once; on resume refuse a different one (names the keys)."""
-    if path.is_file():
+def check_manifest(path: Path, config: dict, stage: str, *, outputs: Iterable[Path]) -> None:
+    """Record the stage's resolved config; once the stage has any of `outputs`, refuse a different
+    one on resume (names the keys). Before that a new config replaces the old, so a run that stopped
+    at an input error (an overlapping prompt, a missing file, out of memory before the first shard)
+    can be rerun with the flags the error suggested."""
+    if path.is_file() and any(output.exists() for output in outputs):
         previous = json.loads(path.read_text())
         if previous != json.loads(json.dumps(config, sort_keys=True)):
             changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))

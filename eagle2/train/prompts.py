@@ -413,7 +413,7 @@ def build_prompts(
     """Write out_dir/prompts.jsonl (Prompt rows) and prompts.summary.json; skip if already done."""
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / "prompts.jsonl"
-    check_manifest(out_dir / "prompts.config.json", asdict(config), "prompts")
+    check_manifest(out_dir / "prompts.config.json", asdict(config), "prompts", outputs=[output, out_dir / "magpie"])
     if output.is_file():
         logger.info("prompts: %s exists, skipping", output)
         return output

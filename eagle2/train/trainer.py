@@ -201,7 +201,12 @@ def train(
         records += extra_train
     if not train_records or not heldout:
         raise ValueError(f"{len(records)} records split into {len(train_records)} train / {len(heldout)} held-out; need both non-empty")
-    check_manifest(folder / "train.config.json", {**asdict(config), "records": len(records), "train_records": len(train_records)}, "train")
+    check_manifest(
+        folder / "train.config.json",
+        {**asdict(config), "records": len(records), "train_records": len(train_records)},
+        "train",
+        outputs=[folder / "checkpoint.pt", folder / "summary.json"],
+    )
 
     vocab_size = target.lm_head.weight.shape[0]
     counts = answer_token_counts(train_records, vocab_size)
