@@ -196,21 +196,24 @@ class DraftHead(nn.Module):
         return head
 
     def save_pretrained(self, folder: str | Path, *, embedding: torch.Tensor | None = None, extra_config: dict | None = None) -> Path:
-        """Write config.json + model.safetensors in the official layout (embedding copy optional)."""
-        from safetensors.torch import save_file
+        """Write config.json + model.safetensors in the official layout (embedding copy optional).
+
+        Each file is written atomically and config.json last, so a save killed half-way never
+        leaves a folder that looks like a complete head (loaders look for config.json)."""
+        from eagle2.train.io import atomic_save_safetensors, atomic_write_text
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        tensors = dict(self.state_dict())
+        if embedding is not None:
+            tensors[EMBEDDING_KEY] = embedding
+        atomic_save_safetensors(folder / SAFETENSORS_NAME, tensors, metadata={"format": "pt"})
+        if self.draft_vocab is not None:
+            atomic_save_safetensors(folder / DRAFT_VOCAB_NAME, {"token_ids": self.draft_vocab.long()})
         config = self.config.to_dict()
         config["bias"] = self.fc.bias is not None
         config.update(extra_config or {})
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if embedding is not None:
-            tensors[EMBEDDING_KEY] = embedding.detach().contiguous().cpu()
-        save_file(tensors, str(folder / SAFETENSORS_NAME), metadata={"format": "pt"})
-        if self.draft_vocab is not None:
-            save_file({"token_ids": self.draft_vocab.detach().long().contiguous().cpu()}, str(folder / DRAFT_VOCAB_NAME))
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return folder
 
 
