@@ -155,7 +155,7 @@ def test_after_a_refusal_the_suggested_flag_is_accepted_on_rerun(tmp_path: Path,
     path = build_prompts(replace(config, drop_overlapping=True), tmp_path / "work", data_dir)
     assert [p.prompt for p in read_prompts(path)] == ["What is the capital of France?"]
     # Once there is output, a different configuration is refused.
-    with pytest.raises(ValueError, match="changed: drop_overlapping"):
+    with pytest.raises(ValueError, match=r"changed: drop_overlapping\)"):
         build_prompts(config, tmp_path / "work", data_dir)
 
 

@@ -76,8 +76,9 @@ def check_manifest(path: Path, config: dict, stage: str, *, outputs: Iterable[Pa
     can be rerun with the flags the error suggested."""
     if path.is_file() and any(output.exists() for output in outputs):
         previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(config, sort_keys=True)):
-            changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
+        current = json.loads(json.dumps(config, sort_keys=True))  # as stored: tuples become lists
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             raise ValueError(
                 f"{path}: the {stage} stage was started with a different configuration (changed: {', '.join(changed)}); "
                 f"resume with the same settings or use a new output folder"
