@@ -77,6 +77,8 @@ def measure(target, head, chat, questions: list[dict], methods: list[MethodConfi
     prompts = [chat.prompt_ids([Turn("user", q["turns"][0])]) for q in questions]
     results: dict = {}
     reference: dict[int, tuple[int, ...]] = {}
+    # Vanilla first, so that every speculative greedy output can be checked against it.
+    methods = sorted(methods, key=lambda method: method.name != "vanilla")
     for temperature in temperatures:
         sampling = eagle2.SamplingConfig(temperature=temperature)
         for method in methods:
