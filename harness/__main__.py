@@ -124,21 +124,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if summary.failures else EXIT_OK
 
 
-def _expand_run_dirs(paths: Sequence[str]) -> list[Path]:
-    """Run folders as given; a folder without results.jsonl stands for its shard-* / run subfolders."""
-    runs: list[Path] = []
-    for text in paths:
-        path = Path(text)
-        if (path / "results.jsonl").is_file():
-            runs.append(path)
-            continue
-        inner = sorted(p.parent for p in path.glob("*/results.jsonl"))
-        if not inner:
-            raise FileNotFoundError(f"{path} is not a run folder (no results.jsonl in it or in its subfolders)")
-        runs.extend(inner)
-    return runs
-
-
 def _run_name(run_dir: Path) -> str:
     return run_dir.parent.name if run_dir.name.startswith("shard-") else run_dir.name
 
@@ -146,8 +131,8 @@ def _run_name(run_dir: Path) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
-    runs = _expand_run_dirs(args.run_dirs)
-    out = Path(args.out) if args.out else Path("reports") / _run_name(Path(args.run_dirs[0]) if len(runs) > 1 else runs[0])
+    runs = [Path(text) for text in args.run_dirs]  # load_runs expands a folder of shards
+    out = Path(args.out) if args.out else Path("reports") / _run_name(runs[0])
     path = write_report(runs, out)
     print(f"report: {path}")
     return EXIT_OK
