@@ -19,7 +19,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,6 +32,8 @@ sys.path.insert(0, str(REPO))
 from eagle2 import METHODS, SamplingConfig  # noqa: E402
 from harness.chat import ChatTemplate, Message  # noqa: E402
 from harness.models import EMBEDDED_HEAD, builtin_head_available, load_head, load_model  # noqa: E402
+from harness.runner import git_state, hardware_info, package_versions  # noqa: E402
+from harness.tasks import DataSource, get_task, select_questions  # noqa: E402
 
 DEFAULT_METHODS = [
     ("vanilla", {}),
@@ -44,16 +45,11 @@ DEFAULT_METHODS = [
 
 
 def mt_bench_first_turns(data_dir: Path, count: int) -> list[str]:
-    path = data_dir / "mt_bench" / "question.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"MT-bench questions not found at {path}; pass --data-dir (the layout of ../shared/data)")
-    questions = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    # One question per category first, so a small count still spans writing, coding, math, ...
-    by_category: dict[str, list[dict]] = {}
-    for q in questions:
-        by_category.setdefault(q["category"], []).append(q)
-    ordered = [q for rank in range(10) for qs in by_category.values() if rank < len(qs) for q in [qs[rank]]]
-    return [q["turns"][0] for q in ordered[:count]]
+    """The first turns of `count` MT-bench questions spread over the categories (the harness's loader)."""
+    spec = get_task("mt_bench")
+    options = {name: option.default for name, option in spec.options.items()}
+    questions, _ = spec.load(options, DataSource.from_env(data_dir))
+    return [question.turns[0] for question in select_questions(questions, count, "spread")]
 
 
 def main() -> None:
@@ -148,16 +144,17 @@ def main() -> None:
     if hf:
         print(f"our vanilla / transformers generate = {vanilla_rate / hf['tokens_per_s']:.3f}x")
     if args.out:
+        sha, dirty = git_state()
         meta = {
             "model": loaded.source,
             "head": head_spec,
             "device": str(target.device),
             "dtype": str(target.dtype),
             "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "cpu": platform.processor() or platform.machine(),
+            "versions": package_versions(),
+            "git_sha": sha,
+            "git_dirty": dirty,
+            "hardware": hardware_info(),
             "prompts": len(prompts) - 1,
             "repeats": args.repeats,
             "max_new_tokens": args.max_new_tokens,
