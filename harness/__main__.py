@@ -1,4 +1,4 @@
-"""The command line: python -m harness {run, report, check, ls, validate} (also: eagle2-bench ...).
+"""The command line: python -m harness {run, report, check, ls, validate, train} (also: eagle2-bench ...).
 
     python -m harness run suites/mtbench.yaml --data-dir ../shared/data     # -> results/mtbench/
     python -m harness report results/mtbench                              # -> reports/mtbench/
@@ -12,7 +12,6 @@ Logging is configured here and nowhere else.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
@@ -218,7 +217,8 @@ DESCRIPTION = textwrap.dedent(
     A suite (YAML, see suites/ and `ls`) crosses models x tasks x methods (x parameter sweeps) x
     temperatures x seeds into cells; `run` writes one JSON line per (cell, question, turn) to
     <out>/results.jsonl with a manifest.json, resumable with --resume; `report` turns run folders
-    into tables and figures; `check` compares a run with a committed baseline.
+    into tables and figures; `check` compares a run with a committed baseline; `train` builds an
+    EAGLE draft head for a model (prompts -> self-distillation -> training -> evaluation).
     """
 )
 
@@ -281,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--write-baseline", action="store_true", help="write RUN_DIR's numbers to --baseline instead of checking")
     check.set_defaults(func=cmd_check)
 
+    import harness.train
+
+    train = commands.add_parser("train", help="train an EAGLE draft head: prompts, distill, train, evaluate",
+                                description=harness.train.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    harness.train.add_stages(train.add_subparsers(dest="stage", required=True, metavar="STAGE"))
+
     ls = commands.add_parser("ls", help="list tasks, methods and suites")
     ls.add_argument("what", nargs="?", default="all", choices=("all", "tasks", "methods", "suites"))
     ls.set_defaults(func=cmd_ls)
@@ -304,7 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _configure_logging(-1 if args.quiet else args.verbose)
     try:
-        return args.func(args)
+        status = args.func(args)
+        return EXIT_OK if status is None else status
     except SuiteError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE

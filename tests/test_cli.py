@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import DATA_DIR, REPO_ROOT
@@ -17,12 +16,14 @@ needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").i
 
 
 def test_help_for_every_command(capsys):
-    for argv in (["--help"], ["run", "--help"], ["report", "--help"], ["check", "--help"], ["ls", "--help"], ["validate", "--help"]):
+    for argv in (["--help"], ["run", "--help"], ["report", "--help"], ["check", "--help"], ["ls", "--help"], ["validate", "--help"],
+                 ["train", "--help"], ["train", "train", "--help"]):
         with pytest.raises(SystemExit) as caught:
             main(argv)
         assert caught.value.code == 0
     out = capsys.readouterr().out
     assert "--resume" in out and "--shard" in out and "--execute-code" in out and "--baseline" in out
+    assert "prompts" in out and "distill" in out and "--init-from" in out and "--draft-vocab-size" in out
 
 
 def test_ls(capsys):
@@ -105,3 +106,27 @@ def test_offline_without_data_names_the_file(tmp_path, capsys, monkeypatch):
 def test_module_entry_point():
     done = subprocess.run([sys.executable, "-m", "harness", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 0 and "validate" in done.stdout
+
+
+@needs_data
+def test_train_stages_end_to_end_on_a_tiny_model(tmp_path, capsys):
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in (
+        "Write a haiku about autumn leaves.", "List three uses of a paperclip.",
+        "Explain what a prime number is.", "Give me a tip for learning to juggle.")))
+    work, head, model = tmp_path / "work", tmp_path / "head", ["--model", "tiny-random-llama", "--threads", "1"]
+    assert main(["-q", "train", "prompts", "--work", str(work), "--source", f"file:{prompts}", "--data-dir", str(DATA_DIR), *model]) == EXIT_OK
+    assert main(["-q", "train", "distill", "--work", str(work), "--max-new-tokens", "8", "--batch-size", "2", "--shard-size", "2", *model]) == EXIT_OK
+    assert main(["-q", "train", "train", "--work", str(work), "--out", str(head), "--epochs", "1", "--heldout-fraction", "0.3", *model]) == EXIT_OK
+    assert (head / "config.json").is_file() and (head / "model.safetensors").is_file()
+    report = tmp_path / "eval.json"
+    assert main(["-q", "train", "evaluate", "--head", str(head), "--questions", "2", "--max-new-tokens", "8", "--temperatures", "0",
+                 "--data-dir", str(DATA_DIR), "--out", str(report), *model]) == EXIT_OK
+    results = json.loads(report.read_text())["results"]
+    assert results["T=0 eagle2:6/10/60"]["greedy_mismatches_vs_vanilla"] == 0
+    # An evaluation prompt in the training file is refused with exit status 2, naming the flag that drops it.
+    mt_bench_turn = json.loads((DATA_DIR / "mt_bench" / "question.jsonl").read_text().splitlines()[0])["turns"][0]
+    prompts.write_text(json.dumps({"prompt": mt_bench_turn}) + "\n")
+    capsys.readouterr()
+    assert main(["train", "prompts", "--work", str(tmp_path / "other"), "--source", f"file:{prompts}", "--data-dir", str(DATA_DIR)]) == EXIT_USAGE
+    assert "--drop-overlapping" in capsys.readouterr().err

@@ -20,7 +20,6 @@ from eagle2.train.generation import batched_generate
 from eagle2.train.prompts import (
     ContaminationError,
     MagpieConfig,
-    Prompt,
     PromptsConfig,
     SourceSpec,
     Turn,
@@ -239,7 +238,7 @@ def run_pipeline(work: Path, data_dir: Path, target: TargetModel, *, train_confi
 
 def test_stages_run_end_to_end_and_resume_without_redoing_work(tmp_path: Path, data_dir: Path, target: TargetModel, monkeypatch) -> None:
     work = tmp_path / "work"
-    out = run_pipeline(work, data_dir, target)
+    run_pipeline(work, data_dir, target)
 
     prompts = read_prompts(work / "prompts.jsonl")
     assert {p.source for p in prompts} == {"file-user", "self_instruct_seed", "magpie"}

@@ -1,7 +1,7 @@
 """Draft-head training: prompts -> self-distillation by the target -> training of an EAGLE head.
 
 Each stage writes its outputs atomically into a work folder and skips work already done, so a
-killed run resumes where it stopped. `python -m eagle2.train --help` lists the stages.
+killed run resumes where it stopped. `python -m harness train --help` lists the stages.
 """
 
 from eagle2.train.distill import DistillConfig, distill

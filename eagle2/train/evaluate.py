@@ -7,10 +7,7 @@ output is also compared with vanilla greedy decoding (must be identical).
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +15,7 @@ from pathlib import Path
 import torch
 
 import eagle2
-from eagle2.train.io import atomic_write_json, read_jsonl
+from eagle2.train.io import read_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -130,52 +127,3 @@ def measure(target, head, chat, questions: list[dict], methods: list[MethodConfi
             results[f"T={temperature:g} {method.label()}"] = row
             logger.info("T=%g %s: %s", temperature, method.label(), row)
     return results
-
-
-def add_cli(stages) -> None:
-    p = stages.add_parser("evaluate", help="acceptance length tau of a head on MT-bench first turns")
-    p.add_argument("--head", required=True, help="head folder (official layout) or builtin:NAME")
-    p.add_argument("--questions", type=int, default=40, help="MT-bench questions, spread over the 80 (all categories)")
-    p.add_argument("--question-file", default=None, help="default: <data-dir>/mt_bench/question.jsonl")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--methods", nargs="+", default=["vanilla", "eagle1", "eagle2"], help="vanilla | eagle1[:TREE] | eagle2[:DEPTH/TOPK/TOTAL]")
-    p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--full-vocab", action="store_true", help="draft over the whole vocabulary, ignoring the head's reduced draft vocabulary")
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
-    p.add_argument("--chat-template", default="tokenizer")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=_cmd_evaluate)
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from harness.models import load_head
-
-    from eagle2.train.__main__ import default_data_dir, load_target_and_chat
-
-    loaded, chat = load_target_and_chat(args)
-    head = load_head(args.head, loaded.target)
-    if args.full_vocab:
-        head.draft_vocab = None
-    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
-    questions = select_questions(question_file, args.questions)
-    methods = [MethodConfig.parse(m) for m in args.methods]
-    results = measure(loaded.target, head, chat, questions, methods, args.temperatures, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    report = {
-        "head": args.head,
-        "draft_vocab": None if head.draft_vocab is None else int(head.draft_vocab.shape[0]),
-        "questions": [q["question_id"] for q in questions],
-        "max_new_tokens": args.max_new_tokens,
-        "seed": args.seed,
-        "results": results,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-    }
-    print(json.dumps(results, indent=2))
-    if args.out:
-        atomic_write_json(Path(args.out), report)

@@ -17,7 +17,6 @@ so a resumed run continues with the very next batch.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -351,54 +350,3 @@ def _last_train_row(log_path: Path) -> dict | None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "loss" in r]
     return rows[-1] if rows else None
-
-
-def add_cli(stages) -> None:
-    p = stages.add_parser("train", help="train the draft head on the distilled records")
-    p.add_argument("--work", required=True)
-    p.add_argument("--out", required=True, help="head folder to write (official EAGLE layout)")
-    defaults = TrainConfig()
-    for name, value in asdict(defaults).items():
-        if name == "extra_distill":
-            p.add_argument("--extra-distill", nargs="*", default=[], help="more distill folders, for training only")
-        elif isinstance(value, tuple):
-            p.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=len(value), default=list(value))
-        else:
-            p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--max-shards", type=int, default=None, help="use only the first N shards")
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device", default=None)
-    p.add_argument("--chat-template", default="tokenizer")
-    p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=_cmd_train)
-
-
-def _cmd_train(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from eagle2.train.__main__ import load_target_and_chat
-
-    values = {name: getattr(args, name) for name in asdict(TrainConfig())}
-    values["betas"] = tuple(values["betas"])
-    values["extra_distill"] = tuple(values["extra_distill"])
-    config = TrainConfig(**values)
-    loaded, chat = load_target_and_chat(args)
-    bar = tqdm(desc="train", unit="step", dynamic_ncols=True, mininterval=5.0)
-
-    def progress(step: int, total: int, row: dict) -> None:
-        bar.total = total
-        bar.n = step
-        bar.set_postfix(loss=f"{row['loss']:.3f}", ce=f"{row['ce_loss']:.3f}", pps=f"{row['pairs_per_s']:.0f}", refresh=True)
-
-    train(
-        loaded.target,
-        Path(args.work),
-        Path(args.out),
-        config,
-        stop_token_ids=tuple(sorted(chat.stop_token_ids)),
-        device=args.device,
-        max_shards=args.max_shards,
-        progress=progress,
-    )
-    bar.close()
