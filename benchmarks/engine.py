@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from eagle2 import METHODS, SamplingConfig  # noqa: E402
-from harness.chat import ChatTemplate, Message  # noqa: E402
-from harness.models import EMBEDDED_HEAD, builtin_head_available, load_head, load_model  # noqa: E402
+from harness.chat import Message  # noqa: E402
+from harness.models import EMBEDDED_HEAD, builtin_head_available, chat_template_for, load_head, load_model  # noqa: E402
 from harness.runner import git_state, hardware_info, package_versions  # noqa: E402
 from harness.tasks import DataSource, get_task, select_questions  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
         shipped = f"builtin:{EMBEDDED_HEAD}"
         head_spec = shipped if args.model == "embedded" and builtin_head_available(shipped) else "random"
     head = load_head(head_spec, target)
-    template = ChatTemplate(loaded.tokenizer, args.chat_template)
+    template = chat_template_for(loaded, args.chat_template)
     prompts = [template.prompt_ids([Message("user", text)]) for text in mt_bench_first_turns(args.data_dir, args.prompts + 1)]
     methods = [tuple(m) for m in json.loads(args.methods)] if args.methods else DEFAULT_METHODS
     names = [name for name, _ in methods]

@@ -27,7 +27,10 @@ class Message:
 class ChatTemplate:
     """Renders a conversation (ending with a user turn) as prompt ids with the assistant cue."""
 
-    def __init__(self, tokenizer, spec: str = TOKENIZER_TEMPLATE, system_message: str | None = None) -> None:
+    def __init__(
+        self, tokenizer, spec: str = TOKENIZER_TEMPLATE, system_message: str | None = None, *, extra_stop_token_ids: Sequence[int] = ()
+    ) -> None:
+        """`extra_stop_token_ids`: more ids that end an answer, e.g. the model's generation-config eos list."""
         self.tokenizer = tokenizer
         self.spec = spec
         self.system_message = system_message
@@ -47,7 +50,7 @@ class ChatTemplate:
                     + ", ".join(sorted(n for n in conv_templates if n in ("vicuna_v1.1", "llama-2", "llama-3", "chatml", "mistral", "qwen-7b-chat", "zero_shot")))
                 )
             self._conversation = conv_templates[spec]
-        self.stop_token_ids: frozenset[int] = self._stop_token_ids()
+        self.stop_token_ids: frozenset[int] = self._stop_token_ids() | frozenset(int(i) for i in extra_stop_token_ids)
 
     def _stop_token_ids(self) -> frozenset[int]:
         tok = self.tokenizer
@@ -68,13 +71,6 @@ class ChatTemplate:
                 if text in vocab:
                     ids.add(vocab[text])
         return frozenset(ids)
-
-    def add_stop_token_ids(self, extra: Sequence[int]) -> "ChatTemplate":
-        """The same template with more stop ids (e.g. a generation config's eos list)."""
-        copy = ChatTemplate.__new__(ChatTemplate)
-        copy.__dict__.update(self.__dict__)
-        copy.stop_token_ids = self.stop_token_ids | frozenset(int(i) for i in extra)
-        return copy
 
     def render(self, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
         if self._conversation is None:

@@ -223,3 +223,13 @@ def load_head(spec: str | None, target: TargetModel, *, seed: int = 0) -> DraftH
         path = builtin_head_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else spec
         head = DraftHead.from_pretrained(path, embedding_shape=tuple(target.embed_tokens.weight.shape))
     return head.to(device=target.device, dtype=target.dtype)
+
+
+def chat_template_for(loaded: LoadedModel, spec: str = "tokenizer", system_message: str | None = None):
+    """The model's chat template, stopping at the tokenizer's and template's end tokens and at every
+    eos id of the model's generation config (what `generate` would stop at)."""
+    from harness.chat import ChatTemplate
+
+    eos = getattr(getattr(loaded.target.model, "generation_config", None), "eos_token_id", None)
+    extra = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return ChatTemplate(loaded.tokenizer, spec, system_message, extra_stop_token_ids=extra)

@@ -370,7 +370,7 @@ class Runner:
     # -- models ------------------------------------------------------------------------------
 
     def _load_model(self, config: ModelConfig, needs_head: bool) -> _Loaded:
-        from harness.models import load_head, load_model
+        from harness.models import chat_template_for, load_head, load_model
 
         device = None if config.device_map else resolve_device(config.device)
         loaded = load_model(
@@ -386,10 +386,7 @@ class Runner:
                     config.name, config.head, head_used, head_used,
                 )
             head = load_head(head_used, loaded.target)
-        chat = ChatTemplate(loaded.tokenizer, config.chat_template, config.system_message)
-        eos = getattr(getattr(loaded.target.model, "generation_config", None), "eos_token_id", None)
-        if eos is not None:
-            chat = chat.add_stop_token_ids([eos] if isinstance(eos, int) else list(eos))
+        chat = chat_template_for(loaded, config.chat_template, config.system_message)
         info = {
             "source": loaded.source,
             "weights_sha256": loaded.weights_sha256,

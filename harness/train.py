@@ -35,13 +35,12 @@ def default_data_dir() -> Path:
 def load_target_and_chat(args: argparse.Namespace):
     """The target (the harness's model registry: embedded, folder, hub id or GGUF) and its chat format."""
     from eagle2.train.prompts import TemplateChat
-    from harness.chat import ChatTemplate
-    from harness.models import load_model
+    from harness.models import chat_template_for, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
-    template = ChatTemplate(loaded.tokenizer, args.chat_template)
+    template = chat_template_for(loaded, args.chat_template)
     return loaded, TemplateChat(template, loaded.tokenizer)
 
 

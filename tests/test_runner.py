@@ -275,3 +275,14 @@ def test_embedded_model_end_to_end(tmp_path):
     by = {(r["method"], r["turn"]): r for r in records}
     assert by[("vanilla", 1)]["output_ids"] == by[("eagle2", 1)]["output_ids"]
     assert by[("vanilla", 1)]["output_text"].strip()
+
+
+def test_the_chat_template_also_stops_at_the_generation_config_eos_ids():
+    from harness.models import chat_template_for, load_model
+
+    loaded = load_model("tiny-random-llama")
+    plain = chat_template_for(loaded).stop_token_ids
+    loaded.target.model.generation_config.eos_token_id = [5, 7]
+    assert chat_template_for(loaded).stop_token_ids == plain | {5, 7}
+    loaded.target.model.generation_config.eos_token_id = 9
+    assert chat_template_for(loaded).stop_token_ids == plain | {9}
