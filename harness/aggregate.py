@@ -341,6 +341,13 @@ def _sum_lists(lists: Iterable[Sequence[int]]) -> np.ndarray:
     return total
 
 
+def _paired_counts(group: pd.DataFrame, totals: str, hits: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-index sums of two list columns (e.g. depth reached / accepted), the second padded to the first."""
+    total = _sum_lists(group[totals])
+    hit = _sum_lists(group[hits])
+    return total, np.pad(hit, (0, max(0, len(total) - len(hit))))
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else math.nan
 
@@ -450,9 +457,7 @@ def summarize(
             scored = group["correct"].dropna()
             row["accuracy"] = float(scored.astype(bool).mean()) if len(scored) else math.nan
             row["n_scored"] = len(scored)
-            reached = _sum_lists(group["depth_reached"])
-            accepted = _sum_lists(group["depth_accepted"])
-            accepted = np.pad(accepted, (0, max(0, len(reached) - len(accepted))))
+            reached, accepted = _paired_counts(group, "depth_reached", "depth_accepted")
             for d, (r, a) in enumerate(zip(reached, accepted), start=1):
                 row[f"alpha_d{d}"] = _ratio(a, r)
             max_depth = max(max_depth, len(reached))
@@ -513,9 +518,7 @@ def depth_table(run: RunData) -> pd.DataFrame:
     rows = []
     if not run.records.empty:
         for key, group in run.records.groupby(list(GROUP_KEYS), sort=False):
-            reached = _sum_lists(group["depth_reached"])
-            accepted = _sum_lists(group["depth_accepted"])
-            accepted = np.pad(accepted, (0, max(0, len(reached) - len(accepted))))
+            reached, accepted = _paired_counts(group, "depth_reached", "depth_accepted")
             for d, (r, a) in enumerate(zip(reached, accepted), start=1):
                 rows.append({**dict(zip(GROUP_KEYS, key)), "depth": d, "reached": int(r), "accepted": int(a), "alpha": _ratio(a, r)})
     return pd.DataFrame(rows, columns=[*GROUP_KEYS, "depth", "reached", "accepted", "alpha"])
@@ -529,11 +532,9 @@ def calibration_table(run: RunData) -> pd.DataFrame:
     rows = []
     if not run.records.empty:
         for key, group in run.records.groupby(list(GROUP_KEYS), sort=False):
-            checked = _sum_lists(group["confidence_checked"])
-            accepted = _sum_lists(group["confidence_accepted"])
+            checked, accepted = _paired_counts(group, "confidence_checked", "confidence_accepted")
             if not len(checked) or checked.sum() == 0:
                 continue
-            accepted = np.pad(accepted, (0, max(0, len(checked) - len(accepted))))
             bins = len(checked)
             for i, (c, a) in enumerate(zip(checked, accepted)):
                 rows.append(
