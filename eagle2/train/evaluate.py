@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import eagle2
+from eagle2.methods import get_method
 from eagle2.train.io import read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -52,12 +53,13 @@ class MethodConfig:
             return f"eagle2:{self.depth}/{self.top_k}/{self.total_tokens}"
         return "vanilla"
 
-    def proposer(self, head, target):
+    def params(self) -> dict:
+        """The method's parameters in the engine's method registry (eagle2.methods)."""
         if self.name == "eagle1":
-            return eagle2.StaticTreeProposer(head, target, tree=self.tree)
+            return {"tree": self.tree}
         if self.name == "eagle2":
-            return eagle2.DynamicTreeProposer(head, target, depth=self.depth, top_k=self.top_k, total_tokens=self.total_tokens)
-        return None
+            return {"depth": self.depth, "top_k": self.top_k, "total_tokens": self.total_tokens}
+        return {}
 
 
 def select_questions(path: Path, count: int) -> list[dict]:
@@ -81,6 +83,7 @@ def measure(target, head, chat, questions: list[dict], methods: list[MethodConfi
         for method in methods:
             if method.name == "vanilla" and temperature > 0:
                 continue
+            decode = get_method(method.name).create(target, head, method.params())
             new_tokens = forwards = 0
             per_question = []
             reached: list[int] = []
@@ -88,11 +91,9 @@ def measure(target, head, chat, questions: list[dict], methods: list[MethodConfi
             mismatches = 0
             started = time.perf_counter()
             for number, (question, ids) in enumerate(zip(questions, prompts)):
-                record = eagle2.generate(
-                    target,
-                    torch.tensor(ids),
+                record = decode(
+                    ids,
                     max_new_tokens=max_new_tokens,
-                    proposer=method.proposer(head, target),
                     sampling=sampling,
                     stop_token_ids=chat.stop_token_ids,
                     generator=torch.Generator().manual_seed(seed + number),
