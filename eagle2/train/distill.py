@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -125,6 +125,22 @@ def _append_timing(out_dir: Path, row: dict) -> None:
         file.write(json.dumps(row) + "\n")
 
 
+def _record(prompt: Prompt, mode: str, prompt_ids: Sequence[int], answer_ids: Sequence[int], features: torch.Tensor, stopped: bool) -> dict:
+    """One shard record: the token ids, the target's feature at every fed token, and where it came from."""
+    return {
+        "tokens": list(prompt_ids) + list(answer_ids),
+        "features": features,
+        "meta": {
+            "id": prompt.id,
+            "source": prompt.source,
+            "mode": mode,
+            "prompt_tokens": len(prompt_ids),
+            "new_tokens": len(answer_ids),
+            "stopped": stopped,
+        },
+    }
+
+
 def _distill_shard(
     target: TargetModel,
     chat: ChatFormat,
@@ -161,21 +177,8 @@ def _distill_shard(
                 generator=generator,
                 feature_dtype=feature_dtype,
             )
-            for (prompt, ids, _), result in zip(batch, results):
-                records.append(
-                    {
-                        "tokens": list(result.prompt_ids) + list(result.output_ids),
-                        "features": result.features,
-                        "meta": {
-                            "id": prompt.id,
-                            "source": prompt.source,
-                            "mode": mode,
-                            "prompt_tokens": len(result.prompt_ids),
-                            "new_tokens": len(result.output_ids),
-                            "stopped": result.stopped,
-                        },
-                    }
-                )
+            for (prompt, _, _), result in zip(batch, results):
+                records.append(_record(prompt, mode, result.prompt_ids, result.output_ids, result.features, result.stopped))
             if progress is not None:
                 progress(len(batch))
     if progress is not None and skipped:
@@ -217,20 +220,7 @@ def _reference_shard(
         batch = items[start:end]
         features = prefill_features(target, [ids + answer for _, ids, answer in batch], feature_dtype=feature_dtype)
         for (prompt, ids, answer), feature in zip(batch, features):
-            records.append(
-                {
-                    "tokens": ids + answer,
-                    "features": feature,
-                    "meta": {
-                        "id": prompt.id,
-                        "source": prompt.source,
-                        "mode": "reference",
-                        "prompt_tokens": len(ids),
-                        "new_tokens": len(answer),
-                        "stopped": answer[-1] in chat.stop_token_ids,
-                    },
-                }
-            )
+            records.append(_record(prompt, "reference", ids, answer, feature, answer[-1] in chat.stop_token_ids))
         start = end
     if progress is not None:
         progress(len(chunk))
