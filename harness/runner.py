@@ -30,6 +30,7 @@ every method, so a resumed run draws what an uninterrupted one would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import hashlib
@@ -38,6 +39,7 @@ import logging
 import os
 import platform
 import subprocess
+import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,6 +228,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_compile(setting: str | bool, device: torch.device) -> bool:
+    """`compile: auto` is true on CUDA (CUDA graphs remove the per-kernel launch cost) and false on a
+    CPU, where inductor measured no faster than eager for this engine (README, results/engine-bench)."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
 def turn_seed(seed: int, question_id: str, repeat: int, turn: int) -> int:
     """The sampling seed of one generation: a function of the cell's seed and the work item only."""
     digest = hashlib.sha256(f"{seed}|{question_id}|{repeat}|{turn}".encode()).digest()
@@ -380,6 +390,11 @@ class Runner:
         loaded = load_model(
             config.source, gguf_file=config.gguf_file, dtype=config.dtype, device=device, device_map=config.device_map, revision=config.revision
         )
+        compiled = resolve_compile(config.compile, loaded.target.device)
+        if compiled:
+            from eagle2.static import StaticTargetModel
+
+            loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=True))
         head_used = None
         head = None
         if needs_head:
@@ -399,6 +414,8 @@ class Runner:
             "device": str(loaded.target.device),
             "dtype": str(loaded.target.dtype).removeprefix("torch."),
             "dtype_requested": config.dtype,
+            "compile": compiled,
+            "compile_requested": config.compile,
             "dtype_reason": loaded.dtype_reason,
             "parameters": sum(p.numel() for p in loaded.target.model.parameters()),
             "weight_bytes_per_token": weight_bytes_per_token(loaded.target.model),
@@ -558,10 +575,13 @@ class Runner:
                             continue
                         if cell.cell_id not in warmed:
                             warmed.add(cell.cell_id)
+                            started = time.perf_counter()
                             try:
                                 self._warm_up(loaded, decoders[cell.cell_id], cell, self.questions[task.name][0])
                             except Exception as error:
                                 logger.warning("warm-up of %s failed: %s", cell.cell_id, error)
+                            # With compile on, the warm-up compiles this cell's shapes: never inside a timed region.
+                            self.manifest.setdefault("warmup_seconds", {})[cell.cell_id] = round(time.perf_counter() - started, 3)
                         self._run_question(loaded, decoders[cell.cell_id], cell, question, repeat, progress)
                         if progress is not None:
                             progress.update(1)
