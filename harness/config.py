@@ -21,6 +21,7 @@ Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is option
         device_map: null               # passed to transformers (e.g. auto); then `device` is ignored
         compile: auto                  # auto | true | false: the static-shape, torch.compile'd engine path
                                        # (auto: true on CUDA, false on CPU, where it measured no faster)
+        methods: null                  # the suite's methods this model runs (null = all), e.g. [vanilla]
         head: random                   # null | random | builtin:NAME | folder | hub id (EAGLE layout)
         head_fallback: null            # used, with a warning, when `head` is a built-in not installed
         chat_template: tokenizer       # tokenizer | a FastChat template (vicuna_v1.1, llama-2, ...)
@@ -101,10 +102,13 @@ class ModelConfig:
     # auto | true | false: run the engine's static-shape path (eagle2.static) with torch.compile;
     # auto = true on CUDA (CUDA graphs), false on a CPU (measured no faster there; see README).
     compile: str | bool = "auto"
+    # Names of the suite's methods this model runs (None = all): e.g. a float32 model entry that runs
+    # only vanilla, so a report can state the fastest vanilla of the run across dtypes.
+    methods: tuple[str, ...] | None = None
 
     def identity(self) -> dict[str, Any]:
         """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
-        skip = {"device", "device_map", "head", "head_fallback", "compile"}
+        skip = {"device", "device_map", "head", "head_fallback", "compile", "methods"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -380,6 +384,18 @@ def _check_model(check: _Checker, path: tuple, data: Any) -> ModelConfig | None:
         elif key == "compile":
             if value not in ("auto", True, False):
                 check.error(path + (key,), f"{value!r} is not a compile setting; allowed: auto, true, false")
+        elif key == "methods":
+            from eagle2.methods import METHODS
+
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                check.error(path + (key,), f"a non-empty list of method names, got {value!r}")
+            else:
+                for index, name in enumerate(value):
+                    if name not in METHODS:
+                        close = difflib.get_close_matches(name, list(METHODS), n=1)
+                        hint = f"; did you mean {close[0]!r}?" if close else ""
+                        check.error(path + (key, index), f"unknown method {name!r}{hint} available: {', '.join(METHODS)}")
+                value = tuple(value)
         else:
             check.value(path + (key,), value, (str, type(None)))
         fields[key] = value
@@ -532,8 +548,9 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
 
     needing = [(i, m.name) for i, m in enumerate(methods) if m is not None and METHODS[m.name].needs_head]
     for index, model in enumerate(models):
-        if model is not None and model.head is None and needing:
-            method_index, method_name = needing[0]
+        own = [(i, name) for i, name in needing if model is None or model.methods is None or name in model.methods]
+        if model is not None and model.head is None and own:
+            method_index, method_name = own[0]
             check.error(("models", index, "head"),
                         f"model {model.name!r} has no draft head but methods[{method_index}] ({method_name}) needs one; "
                         "set head: random, builtin:NAME, a folder or a hub id")
@@ -695,6 +712,8 @@ def expand(suite: Suite) -> list[Cell]:
         head = effective_head(model)
         for task in suite.tasks:
             for method in suite.methods:
+                if model.methods is not None and method.name not in model.methods:
+                    continue
                 for params in method.grid():
                     resolved = _plain(METHODS[method.name].resolve(params))
                     for temperature in suite.sampling.temperatures:

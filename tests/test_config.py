@@ -267,3 +267,24 @@ methods: [vanilla]
         load_suite(path)
     path.write_text(text.replace("sometimes", "true"))
     assert load_suite(path).models[0].compile is True
+
+
+def test_model_methods_restrict_its_cells(tmp_path):
+    from harness.config import expand, load_suite
+
+    text = """
+schema: 1
+name: s
+models:
+  - {name: fast, source: tiny-random-llama, dtype: bfloat16, head: random}
+  - {name: exact, source: tiny-random-llama, dtype: float32, methods: [vanilla]}
+tasks: [{name: mt_bench, limit: 1}]
+methods: [vanilla, {name: eagle2, params: {depth: 2, top_k: 2, total_tokens: 4}}]
+"""
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    cells = expand(load_suite(path))
+    assert sorted((c.model.name, c.method) for c in cells) == [("exact", "vanilla"), ("fast", "eagle2"), ("fast", "vanilla")]
+    path.write_text(text.replace("methods: [vanilla]}", "methods: [vanila]}"))
+    with pytest.raises(Exception, match="unknown method 'vanila'; did you mean 'vanilla'"):
+        load_suite(path)
