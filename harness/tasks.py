@@ -208,14 +208,21 @@ class TaskSpec:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    raw = path.read_bytes()
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column {error.start + 1}); save the file as UTF-8") from None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -295,6 +302,10 @@ def _load_gsm8k(options: Mapping[str, Any], data: DataSource) -> tuple[list[Ques
     file = data.resolve(options["path"])
     questions = []
     for index, row in enumerate(_read_jsonl(file.path)):
+        bad = [key for key in ("question", "answer") if not isinstance(row.get(key), str)]
+        if bad:
+            found = ", ".join(f"{key}={row.get(key)!r}"[:80] for key in bad)
+            raise ValueError(f"{file.path}: row {index + 1}: GSM8K rows need string fields question and answer; got {found}")
         prompt = row["question"] + (options["instruction"] or "")
         questions.append(Question(str(index), "math", (prompt,), payload={"answer": gsm8k_reference(row["answer"])}))
     return questions, file
