@@ -243,6 +243,7 @@ class _Loaded:
     head_used: str | None
     source: str
     info: dict[str, Any]
+    head_error: Exception | None = None  # the head failed to load: only the cells that need it fail
 
 
 class Runner:
@@ -378,6 +379,7 @@ class Runner:
         )
         head_used = None
         head = None
+        head_error = None
         if needs_head:
             head_used = effective_head(config)
             if head_used != config.head:
@@ -385,7 +387,11 @@ class Runner:
                     "model %s: draft head %s is not installed; using the fallback %r (its results say head=%s)",
                     config.name, config.head, head_used, head_used,
                 )
-            head = load_head(head_used, loaded.target)
+            try:
+                head = load_head(head_used, loaded.target)
+            except Exception as error:  # a broken head fails the speculative cells, not vanilla's
+                logger.error("model %s: draft head %s failed to load: %s", config.name, head_used, error)
+                head_error = error
         chat = chat_template_for(loaded, config.chat_template, config.system_message)
         info = {
             "source": loaded.source,
@@ -398,7 +404,9 @@ class Runner:
             "stop_token_ids": sorted(chat.stop_token_ids),
             "max_context": loaded.target.max_context,
         }
-        return _Loaded(loaded.target, loaded.tokenizer, chat, head, head_used, loaded.source, info)
+        if head_error is not None:
+            info["head_error"] = f"{type(head_error).__name__}: {head_error}"
+        return _Loaded(loaded.target, loaded.tokenizer, chat, head, head_used, loaded.source, info, head_error)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -534,6 +542,9 @@ class Runner:
         self._write_manifest()
         decoders: dict[str, Any] = {}
         for cell in todo:
+            if loaded.head_error is not None and METHODS[cell.method].needs_head:
+                self._fail(cell, loaded.head_error)
+                continue
             try:
                 decoders[cell.cell_id] = METHODS[cell.method].create(loaded.target, loaded.head, cell.method_params)
             except Exception as error:
