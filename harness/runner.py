@@ -201,7 +201,8 @@ class RunOptions:
     data: DataSource = field(default_factory=DataSource.from_env)
     resume: bool = False
     shard: tuple[int, int] | None = None  # (I, N), 1-based
-    execute_code: bool = False  # HumanEval pass@1: run model-written code in a subprocess
+    execute_code: bool = False  # HumanEval pass@1: run model-written code (see harness.sandbox)
+    code_isolation: str = "sandbox"  # sandbox: namespaces, refused where unavailable | unsafe: a plain subprocess
     progress: bool = True  # tqdm bars
     overrides: Mapping[str, Any] = field(default_factory=dict)  # recorded in the manifest
 
@@ -257,7 +258,7 @@ class Runner:
         self.cells = shard_cells(all_cells, *options.shard) if options.shard else all_cells
         self.results = JsonlLog(self.out / RESULTS_FILE)
         self.failures = JsonlLog(self.out / FAILURES_FILE)
-        self.score_context = ScoreContext(execute_code=options.execute_code)
+        self.score_context = ScoreContext(execute_code=options.execute_code, isolation=options.code_isolation)
         self.done: dict[tuple[str, str, int, int], dict[str, Any]] = {}
         self.written = 0
         self.failed = 0
@@ -321,6 +322,7 @@ class Runner:
             "data": {},
             "models": dict(old_manifest.get("models", {})) if resuming else {},
             "execute_code": self.options.execute_code,
+            "code_isolation": self.options.code_isolation if self.options.execute_code else None,
             "started_at": old_manifest["started_at"] if resuming else now,
             "finished_at": None,
             "status": "running",
@@ -574,7 +576,25 @@ class Runner:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def _check_code_isolation(self) -> None:
+        """--execute-code on a task that executes code needs the sandbox, or an explicit `unsafe`."""
+        if not self.options.execute_code or self.options.code_isolation != "sandbox":
+            return
+        executing = sorted({c.task.name for c in self.cells if c.task.type == "humaneval"})
+        if not executing:
+            return
+        from harness.sandbox import sandbox_unavailable
+
+        reason = sandbox_unavailable()
+        if reason is not None:
+            raise ValueError(
+                f"--execute-code would run model-written code for task(s) {', '.join(executing)}, but it cannot be "
+                f"isolated here: {reason}. Install util-linux / allow namespaces, or pass --execute-code=unsafe to run "
+                "it in a plain subprocess (no network, filesystem or user isolation), or drop --execute-code"
+            )
+
     def run(self) -> RunSummary:
+        self._check_code_isolation()
         self._prepare_folder()
         status = "failed"
         try:

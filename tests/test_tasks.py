@@ -19,8 +19,7 @@ from harness.tasks import (
     TASKS,
     gsm8k_prediction,
     gsm8k_reference,
-    humaneval_program,
-    run_program,
+    humaneval_code,
     select_questions,
     sha256_of,
 )
@@ -138,13 +137,19 @@ PROBLEM = Question(
 )
 
 
-def test_humaneval_programs_and_sandbox():
+def test_humaneval_code_and_checking():
+    from harness.sandbox import Limits, run_check
+
+    test, entry = PROBLEM.payload["test"], PROBLEM.payload["entry_point"]
     chat_answer = "Sure!\n```python\ndef add(a, b):\n    return a + b\n```\nThat adds."
-    assert run_program(humaneval_program(PROBLEM, chat_answer, raw=False), 10)
-    assert not run_program(humaneval_program(PROBLEM, "```python\ndef add(a, b):\n    return a - b\n```", raw=False), 10)
+    assert run_check(humaneval_code(PROBLEM, chat_answer, raw=False), test, entry).passed
+    assert not run_check(humaneval_code(PROBLEM, "```python\ndef add(a, b):\n    return a - b\n```", raw=False), test, entry).passed
     completion = "    return a + b\n\ndef unrelated():\n    raise SystemExit(1)\n"
-    assert run_program(humaneval_program(PROBLEM, completion, raw=True), 10)  # cut at the next top-level def
-    assert not run_program("while True:\n    pass\n", 1.0)  # the timeout holds
+    code = humaneval_code(PROBLEM, completion, raw=True)
+    assert "unrelated" not in code  # cut at the next top-level def
+    assert run_check(code, test, entry).passed
+    slow = run_check("while True:\n    pass\n", test, entry, limits=Limits(timeout_s=1.0, cpu_s=2))
+    assert not slow.passed and "timed out" in slow.detail  # the timeout holds
 
 
 def test_humaneval_scores_only_when_execution_is_allowed():
