@@ -43,6 +43,12 @@ Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is option
     repeats: 1                         # each question is generated this many times per cell
     warmup: {generations: 1, max_new_tokens: 16}   # per model and method configuration
     profile: true                      # split time into draft/verify/other (device sync per phase)
+
+Limits checked when a suite is read (`validate` and `run`): a UTF-8 file of at most 1 MiB whose
+aliases expand it to at most 20,000 YAML values (a "billion laughs" file is refused before it is
+expanded); finite numbers; max_new_tokens at most 131,072 and below the model's context where it is
+known cheaply (built-in sources, a local folder's config.json, a hub config already in the cache);
+a head given as a local path must be a folder with a valid config.json.
 """
 
 from __future__ import annotations

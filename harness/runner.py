@@ -578,13 +578,15 @@ class Runner:
 
     def _check_code_isolation(self) -> None:
         """--execute-code on a task that executes code needs the sandbox, or an explicit `unsafe`."""
+        from harness.sandbox import ISOLATION_MODES, sandbox_unavailable
+
+        if self.options.code_isolation not in ISOLATION_MODES:
+            raise ValueError(f"code isolation {self.options.code_isolation!r} is not one of: {', '.join(ISOLATION_MODES)}")
         if not self.options.execute_code or self.options.code_isolation != "sandbox":
             return
         executing = sorted({c.task.name for c in self.cells if c.task.type == "humaneval"})
         if not executing:
             return
-        from harness.sandbox import sandbox_unavailable
-
         reason = sandbox_unavailable()
         if reason is not None:
             raise ValueError(
