@@ -16,12 +16,13 @@ Isolation (`isolation="sandbox"`, the default of `run --execute-code`), on Linux
 - its own mount namespace: every mount read-only, an empty tmpfs (64 MiB) on /tmp as the work
   folder and on /dev/shm;
 - as root: the program runs as `nobody` (no supplementary groups, PR_SET_NO_NEW_PRIVS), so
-  RLIMIT_NPROC (16 processes) binds it and all its children; without root, unshare maps the user to
-  root of a new user namespace and the program keeps that (powerless outside) identity;
-- per process: RLIMIT_CPU (the timeout), RLIMIT_AS (1 GiB), RLIMIT_FSIZE (16 MiB), RLIMIT_NOFILE
+  RLIMIT_NPROC (8 processes or threads) binds it and all its children; without root, unshare maps
+  the user to root of a new user namespace and the program keeps that (powerless outside) identity;
+- per process: RLIMIT_CPU (the timeout), RLIMIT_AS (512 MiB), RLIMIT_FSIZE (16 MiB), RLIMIT_NOFILE
   (64), no core dumps; plus the wall-clock timeout.
 
-Not isolated: total memory is bounded only by processes x RLIMIT_AS (no cgroup), CPU time of the
+Not isolated: total memory is bounded only by processes x RLIMIT_AS = 4 GiB (no cgroup: the
+machine's cgroups belong to whatever runs the harness, so it does not create any), CPU time of the
 machine is shared (the children's CPU limits apply each), the kernel is shared (no seccomp
 filter: a kernel exploit escapes), files readable by `nobody` (world-readable files outside the
 hidden /root) can be read, and code that deliberately inspects the checker's own frames can find
@@ -62,8 +63,8 @@ class SandboxError(RuntimeError):
 class Limits:
     timeout_s: float = 10.0  # wall clock for the whole check
     cpu_s: int = 11  # RLIMIT_CPU of each process
-    memory_bytes: int = 1 << 30  # RLIMIT_AS of each process
-    processes: int = 16  # RLIMIT_NPROC of the sandbox user (binds its children too)
+    memory_bytes: int = 512 << 20  # RLIMIT_AS of each process
+    processes: int = 8  # RLIMIT_NPROC of the sandbox user (binds its children and threads too)
     file_bytes: int = 16 << 20  # RLIMIT_FSIZE
     open_files: int = 64  # RLIMIT_NOFILE
     tmpfs_bytes: int = 64 << 20  # size of the private /tmp

