@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--execute-code", nargs="?", const="sandbox", choices=("sandbox", "unsafe"), metavar="sandbox|unsafe",
                      help="score HumanEval pass@1 by executing the model's code (untrusted!): in a sandbox (own network, PID and "
                           "mount namespaces, read-only files, user nobody, resource limits; refused where unavailable), or with "
-                          "=unsafe in a plain subprocess with resource limits only")
+                          "=unsafe in a plain subprocess with resource limits only (write --execute-code=MODE, or put it after the suite)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

@@ -379,3 +379,14 @@ def test_head_paths_must_exist_and_hold_a_valid_config(tmp_path: Path) -> None:
         load_suite(write(tmp_path, MINIMAL.replace("head: random", f"head: {broken}")))
     # A hub id is not checked offline; it is downloaded (and checked) at run time.
     assert load_suite(write(tmp_path, MINIMAL.replace("head: random", "head: yuhuili/EAGLE-LLaMA3-Instruct-8B"))).models[0].head
+
+
+@pytest.mark.slow
+def test_the_embedded_models_context_constant_matches_its_config() -> None:
+    import json
+
+    from harness.config import BUILTIN_CONTEXTS
+    from harness.models import dequantized_gguf_folder, embedded_gguf_path
+
+    folder, _ = dequantized_gguf_folder(embedded_gguf_path())
+    assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == BUILTIN_CONTEXTS["embedded"]
