@@ -38,6 +38,7 @@ import resource
 import stat
 import sys
 import traceback
+from types import MappingProxyType
 
 MS_RDONLY = 1
 MS_NOSUID = 2
@@ -52,8 +53,9 @@ MS_PRIVATE = 1 << 18
 MS_RELATIME = 1 << 21
 MNT_DETACH = 2
 PR_SET_NO_NEW_PRIVS = 38
-KEEP_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-              "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
+# Per-mount flags a read-only remount must keep (in a user namespace, dropping them is refused).
+KEEP_FLAGS = MappingProxyType({"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+                               "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME})
 
 
 class SetupError(RuntimeError):
@@ -190,11 +192,12 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     channel = os.dup(1)
+    # Taken before any generated code runs, which could replace os.write, os._exit or builtins.
+    write, leave, run, get_attribute = os.write, os._exit, exec, getattr
 
     def report(text: str) -> None:
-        os.write(channel, f"{nonce} {text}\n".encode("utf-8", "replace")[:4096])
+        write(channel, f"{nonce} {text}\n".encode("utf-8", "replace")[:4096])
 
-    code_ast = test_code = None
     try:
         work = _isolate(_libc(), request) if request["isolate"] else request["work"]
         os.chdir(work)
@@ -202,34 +205,35 @@ def main() -> None:
         # One thread per math library: threads count against the process limit.
         os.environ.update({"HOME": work, "TMPDIR": work, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
                            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
-        code_ast = compile(request["code"], "<completion>", "exec")
+        program = compile(request["code"], "<completion>", "exec")
         test_code = compile(request["test"], "<test>", "exec")
         _limit(request)
     except SyntaxError as error:
         report(f"FAIL SyntaxError: {error}")
-        os._exit(0)
+        leave(0)
     except BaseException as error:  # noqa: BLE001 - any set-up failure is reported, never scored
         report(f"SETUP {type(error).__name__}: {error} {traceback.format_exc(limit=-2)!r}")
-        os._exit(3)
+        leave(3)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     entry_point = request["entry_point"]
-    run, check_codes = exec, [c for c in test_code.co_consts if hasattr(c, "co_name") and c.co_name == "check"]
+    check_codes = tuple(c for c in test_code.co_consts if hasattr(c, "co_name") and c.co_name == "check")
     del request
     namespace: dict = {}
     try:
-        run(code_ast, namespace)
+        run(program, namespace)
         run(test_code, namespace)
         check = namespace.get("check")
-        if getattr(check, "__code__", None) not in check_codes:
+        code = get_attribute(check, "__code__", None)
+        if not [c for c in check_codes if c is code]:  # identity: no __eq__ of generated code involved
             report("FAIL `check` is not the function the test defines")
-            os._exit(0)
+            leave(0)
         check(namespace[entry_point])
     except BaseException as error:  # noqa: BLE001 - SystemExit and KeyboardInterrupt are failures too
         report(f"FAIL {type(error).__name__}: {error}"[:2000])
-        os._exit(0)
+        leave(0)
     report("PASS")
-    os._exit(0)
+    leave(0)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.sandbox import Limits, run_check, sandbox_unavailable
+from harness.sandbox import CheckResult, Limits, run_check, sandbox_unavailable
 
 TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 CORRECT = "def add(a, b):\n    return a + b\n"
@@ -25,7 +25,7 @@ needs_sandbox = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"no sandbox 
 MODES = [pytest.param("sandbox", marks=needs_sandbox), "unsafe"]
 
 
-def check(code: str, isolation: str = "sandbox", **limits) -> "object":
+def check(code: str, isolation: str = "sandbox", **limits: int) -> CheckResult:
     return run_check(textwrap.dedent(code), TEST, "add", limits=Limits(**limits) if limits else Limits(), isolation=isolation)
 
 
@@ -286,3 +286,21 @@ def test_every_reference_solution_passes_in_the_sandbox() -> None:
         if not result.passed:
             failed.append((task_id, result.detail))
     assert not failed
+
+
+@pytest.mark.parametrize("isolation", MODES)
+def test_patching_the_checkers_own_calls_does_not_forge_a_pass(isolation: str) -> None:
+    # os.write rewriting the checker's FAIL report into PASS (the nonce is in the data it is given),
+    # and os._exit / getattr replaced: the checker took its own references before this ran.
+    code = WRONG + textwrap.dedent("""
+        import builtins, os
+        original_write = os.write
+        def forging_write(fd, data):
+            if b" FAIL " in data:
+                data = data.split(b" ")[0] + b" PASS\\n"
+            return original_write(fd, data)
+        os.write = forging_write
+        os._exit = lambda status: None
+        builtins.getattr = lambda *args: None
+        """)
+    assert not check(code, isolation).passed
