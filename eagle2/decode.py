@@ -149,10 +149,10 @@ def generate(
             watch.switch("verify")
             start = cache.length
             if lazy_logits:
-                out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0))
+                out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0), pad_to=tree_room)
                 verdict = verify(tree, LazyLogits(out.hidden, target.lm_head), sampling, generator)
             else:
-                out = target.forward(tree.tokens, cache, tree=tree)
+                out = target.forward(tree.tokens, cache, tree=tree, pad_to=tree_room)
                 verdict = verify(tree, out.logits, sampling, generator)
             watch.switch("other")
             cache.keep(start, verdict.path)

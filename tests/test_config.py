@@ -390,3 +390,22 @@ def test_the_embedded_models_context_constant_matches_its_config() -> None:
 
     folder, _ = dequantized_gguf_folder(embedded_gguf_path())
     assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == BUILTIN_CONTEXTS["embedded"]
+
+
+def test_compile_setting_is_validated(tmp_path):
+    from harness.config import load_suite
+
+    text = """
+schema: 1
+name: s
+models:
+  - {name: m, source: tiny-random-llama, compile: sometimes}
+tasks: [{name: mt_bench, limit: 1}]
+methods: [vanilla]
+"""
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(Exception, match="compile.*allowed: auto, true, false"):
+        load_suite(path)
+    path.write_text(text.replace("sometimes", "true"))
+    assert load_suite(path).models[0].compile is True
