@@ -110,7 +110,8 @@ def generate(
         raise ValueError(f"the prompt has {prompt.numel()} tokens; the model's context is {target.max_context}")
     stops = set(int(t) for t in stop_token_ids)
     tree_room = proposer.max_tree_size if proposer is not None else 1
-    cache = target.new_cache(prompt.numel() + max_new_tokens + tree_room + 1)
+    # Generation stops at the context limit, so a huge max_new_tokens never needs more than the context.
+    cache = target.new_cache(min(prompt.numel() + max_new_tokens, target.max_context) + tree_room + 1)
     watch = Stopwatch(device, synchronize=profile)
     stats = StepStats()
     if lazy_logits is None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import textwrap
@@ -40,8 +41,8 @@ def _temperatures(text: str) -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas (e.g. 0,1), got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"temperatures must be numbers >= 0, got {text!r}")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be finite numbers >= 0, got {text!r}")
     return values
 
 
@@ -96,7 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         data=DataSource.from_env(args.data_dir),
         resume=args.resume,
         shard=args.shard,
-        execute_code=args.execute_code,
+        execute_code=args.execute_code is not None,
+        code_isolation=args.execute_code or "sandbox",
         progress=not args.no_progress,
         overrides=overrides,
     )
@@ -259,8 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's choice)")
     run.add_argument("--resume", action="store_true", help="continue a run in --out: finished (cell, question, turn) records are kept and skipped")
     run.add_argument("--shard", type=_shard, metavar="I/N", help="run only shard I of N (cells split round-robin); report merges shard folders")
-    run.add_argument("--execute-code", action="store_true",
-                     help="score HumanEval pass@1 by executing the model's code in a subprocess with a timeout (untrusted code!)")
+    run.add_argument("--execute-code", nargs="?", const="sandbox", choices=("sandbox", "unsafe"), metavar="sandbox|unsafe",
+                     help="score HumanEval pass@1 by executing the model's code (untrusted!): in a sandbox (own network, PID and "
+                          "mount namespaces, read-only files, user nobody, resource limits; refused where unavailable), or with "
+                          "=unsafe in a plain subprocess with resource limits only (write --execute-code=MODE, or put it after the suite)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

@@ -206,7 +206,8 @@ class RunOptions:
     data: DataSource = field(default_factory=DataSource.from_env)
     resume: bool = False
     shard: tuple[int, int] | None = None  # (I, N), 1-based
-    execute_code: bool = False  # HumanEval pass@1: run model-written code in a subprocess
+    execute_code: bool = False  # HumanEval pass@1: run model-written code (see harness.sandbox)
+    code_isolation: str = "sandbox"  # sandbox: namespaces, refused where unavailable | unsafe: a plain subprocess
     progress: bool = True  # tqdm bars
     overrides: Mapping[str, Any] = field(default_factory=dict)  # recorded in the manifest
 
@@ -256,6 +257,7 @@ class _Loaded:
     head_used: str | None
     source: str
     info: dict[str, Any]
+    head_error: Exception | None = None  # the head failed to load: only the cells that need it fail
 
 
 class Runner:
@@ -269,8 +271,8 @@ class Runner:
         self.cells = shard_cells(all_cells, *options.shard) if options.shard else all_cells
         self.results = JsonlLog(self.out / RESULTS_FILE)
         self.failures = JsonlLog(self.out / FAILURES_FILE)
+        self.score_context = ScoreContext(execute_code=options.execute_code, isolation=options.code_isolation)
         self.audit = JsonlLog(self.out / AUDIT_FILE)
-        self.score_context = ScoreContext(execute_code=options.execute_code)
         self.done: dict[tuple[str, str, int, int], dict[str, Any]] = {}
         self.written = 0
         self.failed = 0
@@ -334,6 +336,7 @@ class Runner:
             "data": {},
             "models": dict(old_manifest.get("models", {})) if resuming else {},
             "execute_code": self.options.execute_code,
+            "code_isolation": self.options.code_isolation if self.options.execute_code else None,
             "started_at": old_manifest["started_at"] if resuming else now,
             "finished_at": None,
             "status": "running",
@@ -397,6 +400,7 @@ class Runner:
             loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=True))
         head_used = None
         head = None
+        head_error = None
         if needs_head:
             head_used = effective_head(config)
             if head_used != config.head:
@@ -404,7 +408,11 @@ class Runner:
                     "model %s: draft head %s is not installed; using the fallback %r (its results say head=%s)",
                     config.name, config.head, head_used, head_used,
                 )
-            head = load_head(head_used, loaded.target)
+            try:
+                head = load_head(head_used, loaded.target)
+            except Exception as error:  # a broken head fails the speculative cells, not vanilla's
+                logger.error("model %s: draft head %s failed to load: %s", config.name, head_used, error)
+                head_error = error
         chat = chat_template_for(loaded, config.chat_template, config.system_message)
         info = {
             "source": loaded.source,
@@ -422,7 +430,9 @@ class Runner:
             "stop_token_ids": sorted(chat.stop_token_ids),
             "max_context": loaded.target.max_context,
         }
-        return _Loaded(loaded.target, loaded.tokenizer, chat, head, head_used, loaded.source, info)
+        if head_error is not None:
+            info["head_error"] = f"{type(head_error).__name__}: {head_error}"
+        return _Loaded(loaded.target, loaded.tokenizer, chat, head, head_used, loaded.source, info, head_error)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -561,6 +571,9 @@ class Runner:
         self._write_manifest()
         decoders: dict[str, Any] = {}
         for cell in todo:
+            if loaded.head_error is not None and METHODS[cell.method].needs_head:
+                self._fail(cell, loaded.head_error)
+                continue
             try:
                 decoders[cell.cell_id] = METHODS[cell.method].create(loaded.target, loaded.head, cell.method_params)
             except Exception as error:
@@ -595,6 +608,25 @@ class Runner:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
+    def _check_code_isolation(self) -> None:
+        """--execute-code on a task that executes code needs the sandbox, or an explicit `unsafe`."""
+        from harness.sandbox import ISOLATION_MODES, sandbox_unavailable
+
+        if self.options.code_isolation not in ISOLATION_MODES:
+            raise ValueError(f"code isolation {self.options.code_isolation!r} is not one of: {', '.join(ISOLATION_MODES)}")
+        if not self.options.execute_code or self.options.code_isolation != "sandbox":
+            return
+        executing = sorted({c.task.name for c in self.cells if c.task.type == "humaneval"})
+        if not executing:
+            return
+        reason = sandbox_unavailable()
+        if reason is not None:
+            raise ValueError(
+                f"--execute-code would run model-written code for task(s) {', '.join(executing)}, but it cannot be "
+                f"isolated here: {reason}. Install util-linux / allow namespaces, or pass --execute-code=unsafe to run "
+                "it in a plain subprocess (no network, filesystem or user isolation), or drop --execute-code"
+            )
+
     def _audit(self, config: ModelConfig, loaded: _Loaded) -> None:
         """Classify this model's greedy half-precision mismatches with vanilla (harness.audit); untimed."""
         from harness.models import load_model
@@ -624,6 +656,7 @@ class Runner:
             self.audit.append(row)
 
     def run(self) -> RunSummary:
+        self._check_code_isolation()
         self._prepare_folder()
         status = "failed"
         try:

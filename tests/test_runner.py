@@ -245,7 +245,10 @@ def test_scored_tasks(tmp_path):
     assert len(records) == 2 * 2
     assert all(r["correct"] is False for r in records if r["task"] == "gsm8k")  # 3 random bytes are not "18"
     assert all(r["correct"] is None for r in records if r["task"] == "humaneval")  # no --execute-code
-    run_suite(suite, options(tmp_path / "exec", execute_code=True))
+    from harness.sandbox import sandbox_unavailable
+
+    isolation = "sandbox" if sandbox_unavailable() is None else "unsafe"
+    run_suite(suite, options(tmp_path / "exec", execute_code=True, code_isolation=isolation))
     assert all(r["correct"] is False for r in rows(tmp_path / "exec") if r["task"] == "humaneval")
 
 
@@ -286,6 +289,23 @@ def test_the_chat_template_also_stops_at_the_generation_config_eos_ids():
     assert chat_template_for(loaded).stop_token_ids == plain | {5, 7}
     loaded.target.model.generation_config.eos_token_id = 9
     assert chat_template_for(loaded).stop_token_ids == plain | {9}
+
+
+def test_a_broken_head_fails_only_the_cells_that_need_it(tmp_path):
+    head = tmp_path / "broken-head"
+    head.mkdir()
+    (head / "config.json").write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 259}))
+    (head / "model.safetensors").write_bytes(b"\x00\x01 not safetensors")
+    text = SUITE.replace("head: random", f"head: {head}").replace("[0, 1]", "[0]").replace("limit: 2", "limit: 1")
+    summary = run_suite(make_suite(tmp_path, text), options(tmp_path / "out"))
+    failures = rows(tmp_path / "out", "failures.jsonl")
+    assert summary.status == "complete" and summary.failures == 2
+    assert sorted(f["method"] for f in failures) == ["eagle1", "eagle2"]
+    assert all(f["error_type"] == "ValueError" and str(head / "model.safetensors") in f["error"] for f in failures)
+    records = rows(tmp_path / "out")
+    assert records and {r["method"] for r in records} == {"vanilla"} and len(records) == 2  # both turns of the question
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "not a readable safetensors file" in manifest["models"]["tiny"]["head_error"]
 
 
 def test_bfloat16_run_is_audited_and_reported(tmp_path):
