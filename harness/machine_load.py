@@ -29,7 +29,7 @@ from typing import Any
 
 _PROC = Path("/proc")
 BUSY_PROCESS_CORES = 0.1  # a process using at least this many cores over the region is listed
-MAX_LISTED = 5
+MAX_LISTED = 8
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def snapshot() -> Snapshot:
     return Snapshot(time.perf_counter(), time.process_time(), ticks, busy, steal, loadavg)
 
 
-def measure(before: Snapshot, after: Snapshot, *, threads: int, device: str) -> dict[str, Any]:
+def measure(before: Snapshot, after: Snapshot, *, threads: int, device: str, max_listed: int = MAX_LISTED) -> dict[str, Any]:
     """The load record of the region between two snapshots (JSON-ready; see the module doc)."""
     tick = _tick()
     wall = max(after.wall - before.wall, 1e-9)
@@ -113,7 +113,7 @@ def measure(before: Snapshot, after: Snapshot, *, threads: int, device: str) -> 
         if used > 0:
             per_process.append((used / tick, pid, name))
     others = sum(seconds for seconds, _, _ in per_process)
-    busy = sorted((p for p in per_process if p[0] / wall >= BUSY_PROCESS_CORES), reverse=True)[:MAX_LISTED]
+    busy = sorted((p for p in per_process if p[0] / wall >= BUSY_PROCESS_CORES), reverse=True)[:max_listed]
     system_others = None
     if before.busy_ticks is not None and after.busy_ticks is not None:
         system_others = max((after.busy_ticks - before.busy_ticks) / tick - own, 0.0)
