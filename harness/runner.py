@@ -364,7 +364,7 @@ class Runner:
             )
 
     def _start_manifest(self, old_manifest: dict[str, Any] | None, bindings: dict[str, Any], previous: list[dict[str, Any]]) -> None:
-        if old_manifest is not None:  # checks passed: now damaged lines may be set aside (see harness.results)
+        if self.options.resume:  # checks passed: now damaged lines may be set aside (see harness.results)
             previous = self.results.read(repair=True)
             self.failures.read(repair=True)
         for row in previous:

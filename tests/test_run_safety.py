@@ -302,3 +302,17 @@ def test_progress_counts_answers_and_names_the_method(tmp_path, capsys):
     resumed = apply_overrides(suite)
     run_suite(resumed, RunOptions(out_dir=tmp_path / "out", data=DataSource(data_dir=DATA_DIR, allow_download=False), resume=True))
     assert "8/8" in capsys.readouterr().err
+
+
+def test_fingerprint_ignores_hidden_and_non_weight_files(tmp_path):
+    from harness.files import folder_fingerprint
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    first = folder_fingerprint(tmp_path)
+    (tmp_path / "README.md").write_text("a new evaluation")
+    (tmp_path / ".cache").mkdir()
+    (tmp_path / ".cache" / "x.json").write_text("{}")
+    assert folder_fingerprint(tmp_path) == first
+    (tmp_path / "config.json").write_text('{"hidden_size": 8}')
+    assert folder_fingerprint(tmp_path) != first

@@ -92,6 +92,7 @@ def test_a_run_competing_with_a_busy_loop_is_flagged(tmp_path):
     md = write_report([out], tmp_path / "report").read_text(encoding="utf-8")
     top = md.split("## Speedup")[0]
     assert "NOISY TIMING" in top and "timed under contention" in md
+    assert "WARNING, NOISY TIMING" in (tmp_path / "report" / "report.tex").read_text(encoding="utf-8")
     assert "‡" in md.split("## Throughput")[1].split("## Lossless")[0]  # the throughput table marks the cells
     baseline = write_baseline(out, tmp_path / "baseline.json")
     _, table = run_check(out, baseline)
