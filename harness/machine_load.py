@@ -101,7 +101,9 @@ def snapshot() -> Snapshot:
     return Snapshot(time.perf_counter(), time.process_time(), ticks, busy, steal, loadavg)
 
 
-def measure(before: Snapshot, after: Snapshot, *, threads: int, device: str, max_listed: int = MAX_LISTED) -> dict[str, Any]:
+def measure(
+    before: Snapshot, after: Snapshot, *, threads: int, device: str, max_listed: int = MAX_LISTED, min_cores: float = BUSY_PROCESS_CORES
+) -> dict[str, Any]:
     """The load record of the region between two snapshots (JSON-ready; see the module doc)."""
     tick = _tick()
     wall = max(after.wall - before.wall, 1e-9)
@@ -113,7 +115,7 @@ def measure(before: Snapshot, after: Snapshot, *, threads: int, device: str, max
         if used > 0:
             per_process.append((used / tick, pid, name))
     others = sum(seconds for seconds, _, _ in per_process)
-    busy = sorted((p for p in per_process if p[0] / wall >= BUSY_PROCESS_CORES), reverse=True)[:max_listed]
+    busy = sorted((p for p in per_process if p[0] / wall >= min_cores), reverse=True)[:max_listed]
     system_others = None
     if before.busy_ticks is not None and after.busy_ticks is not None:
         system_others = max((after.busy_ticks - before.busy_ticks) / tick - own, 0.0)
