@@ -2,7 +2,7 @@
 
     python -m harness run mtbench --data-dir ../shared/data   # -> runs/mtbench/<UTC timestamp>/
     python -m harness report mtbench                          # latest run of mtbench -> runs/mtbench/<timestamp>/report/
-    python -m harness check smoke --baseline results/baselines/smoke.json
+    python -m harness check smoke --baseline my-baseline.json   # make it first with --write-baseline
     python -m harness ls
     python -m harness validate suites/tree-sweep.yaml
 

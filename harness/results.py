@@ -140,7 +140,7 @@ class _writing:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
         if isinstance(error, OSError) and not isinstance(error, OutputFolderError):
             raise OutputFolderError(
-                error.errno, f"cannot write {self.path}: {error.strerror or error} (is the output folder read-only or its disk full?)"
+                error.errno, f"cannot write {self.path}: {error.strerror or error} (is the folder read-only, its disk full, or a file in the way?)"
             ) from error
         return False
 
