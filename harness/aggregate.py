@@ -234,7 +234,7 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
                 row["question_id"] = None if row.get("question_id") is None else str(row["question_id"])
                 failures.append(row)
         if (run_dir / AUDIT_FILE).exists():
-            audits.extend(_read_jsonl(run_dir / AUDIT_FILE))
+            audits.extend(read_jsonl(run_dir / AUDIT_FILE))
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             manifest = dict(manifest, _run_dir=str(run_dir))
