@@ -104,6 +104,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     values = {name: getattr(args, name) for name in asdict(TrainConfig())}
     values["betas"] = tuple(values["betas"])
     values["extra_distill"] = tuple(values["extra_distill"])
+    values["ttt_weights"] = tuple(values["ttt_weights"])
     config = TrainConfig(**values)
     loaded, chat = load_target_and_chat(args)
     bar = progress_bar(None, "train", "step")
@@ -199,6 +200,12 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     for name, value in asdict(TrainConfig()).items():
         if name == "extra_distill":
             p.add_argument("--extra-distill", nargs="*", default=[], help="more distill folders, for training only")
+        elif name == "ttt_weights":
+            p.add_argument("--ttt-weights", type=float, nargs="*", default=[], help="loss weight of each unrolled step (default ttt_decay**j)")
+        elif name == "ttt_steps":
+            p.add_argument("--ttt-steps", type=int, default=value, help="training-time test: draft steps unrolled per position (1 = plain EAGLE)")
+        elif isinstance(value, bool):
+            p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=value)
         elif isinstance(value, tuple):
             p.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=len(value), default=list(value))
         else:

@@ -43,6 +43,7 @@ from eagle2.train.dataset import (
     split,
 )
 from eagle2.train.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_manifest
+from eagle2.train.unroll import step_weights, unroll
 
 logger = logging.getLogger(__name__)
 
@@ -78,23 +79,56 @@ class TrainConfig:
     # their records whose id falls in the held-out split are left out, so no held-out prompt is seen.
     extra_distill: tuple[str, ...] = ()
     save_dtype: str = "float16"  # dtype of the saved weights (loaded back as float32)
+    # Training-time test (eagle2.train.unroll): draft steps unrolled per position (1 = the plain
+    # EAGLE objective), loss weight of step j (ttt_decay**j unless ttt_weights lists one per
+    # step), and whether the fed-back predicted features are cut from the gradient.
+    ttt_steps: int = 1
+    ttt_decay: float = 0.8  # the official EAGLE-3 training's 0.8**j
+    ttt_weights: tuple[float, ...] = ()
+    ttt_detach: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        step_weights(self.ttt_steps, self.ttt_decay, self.ttt_weights)  # raises on a bad combination
+
+    @property
+    def resolved_step_weights(self) -> tuple[float, ...]:
+        return step_weights(self.ttt_steps, self.ttt_decay, self.ttt_weights)
 
 
 @dataclass(frozen=True)
 class Losses:
-    feature: float
+    feature: float  # step 0 (the plain EAGLE objective), comparable across ttt_steps
     ce: float
-    total: float
-    top1: float  # draft argmax (over the draft vocabulary) == the target's argmax over the full vocabulary
+    total: float  # the trained objective: weighted sum over the unrolled steps
+    top1: float  # step 0: draft argmax (over the draft vocabulary) == the target's argmax over the full vocabulary
     pairs: int
+    # Per unrolled step j (training-time test; one entry when ttt_steps = 1): the same measures,
+    # step j predicting f_{t+j+1} from the head's own step-(j-1) feature.
+    step_feature: tuple[float, ...] = ()
+    step_ce: tuple[float, ...] = ()
+    step_top1: tuple[float, ...] = ()
+    step_pairs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchLosses:
+    """The losses of one batch: `total` is what is minimised; the rest is for logs."""
+
+    total: torch.Tensor  # scalar, differentiable
+    feature: torch.Tensor  # step 0, scalar
+    ce: torch.Tensor  # step 0, scalar
+    pairs: int  # step-0 pairs
+    step_feature: tuple[float, ...]  # mean per step (nan where a step has no rows)
+    step_ce: tuple[float, ...]
+    step_pairs: tuple[int, ...]
+    step_correct: tuple[float, ...] | None  # evaluation only: correct top-1 count per step
 
 
 class LossComputer:
-    """The losses of a batch through the frozen lm_head (restricted to the draft vocabulary)."""
+    """The losses of a batch through the frozen lm_head (restricted to the draft vocabulary),
+    unrolled over `ttt_steps` draft steps (eagle2.train.unroll)."""
 
     def __init__(self, target: TargetModel, draft_vocab: torch.Tensor | None, config: TrainConfig, device: torch.device) -> None:
         weight = target.lm_head.weight.detach().to(device=device, dtype=torch.float32)
@@ -103,43 +137,72 @@ class LossComputer:
         self.weight = weight if draft_vocab is None else weight[self.draft_vocab].contiguous()
         self.embed = target.embed_tokens.weight.detach().to(device=device, dtype=torch.float32)
         self.config = config
+        self.step_weights = step_weights(config.ttt_steps, config.ttt_decay, config.ttt_weights)
         self.device = device
-        # The target's full-vocabulary argmax of held-out batches (fixed), computed once per batch.
-        self.target_argmax: dict[int, torch.Tensor] = {}
+        # The target's full-vocabulary argmax of held-out batches (fixed), per (batch, step), computed once.
+        self.target_argmax: dict[tuple[int, int], torch.Tensor] = {}
 
     def __call__(
         self, head: DraftHead, batch: Batch, *, noise: float, generator: torch.Generator | None, evaluate: bool = False, batch_key: int | None = None
-    ):
+    ) -> BatchLosses:
         device = self.device
         features = batch.features.to(device=device, dtype=torch.float32)
         if noise > 0:
             features = features + (torch.rand(features.shape, generator=generator, device=device) * 2 - 1) * noise
-        embeddings = F.embedding(batch.next_tokens.to(device), self.embed)
-        length = features.shape[1]
-        positions = torch.arange(length, device=device).expand(features.shape[0], -1)
-        predicted = head(embeddings, features, positions)  # [b, q, H]
-        weights = batch.weights.to(device)
-        predicted = predicted[weights]  # [N, H]
-        target = batch.target_features.to(device=device, dtype=torch.float32)[weights]
-        feature_loss = F.smooth_l1_loss(predicted, target, reduction="none").mean(-1).mean()
-        with torch.no_grad():
-            target_probs = torch.softmax(target @ self.weight.T, dim=-1)
-        log_probs = torch.log_softmax(predicted @ self.weight.T, dim=-1)
-        ce_loss = -(target_probs * log_probs).sum(-1).mean()
-        total = self.config.feature_weight * feature_loss + self.config.ce_weight * ce_loss
-        top1 = None
-        if evaluate:
+        steps = unroll(
+            head,
+            self.embed,
+            features,
+            batch.next_tokens.to(device),
+            batch.target_features.to(device=device, dtype=torch.float32),
+            batch.weights.to(device),
+            self.config.ttt_steps,
+            detach_fed_back=self.config.ttt_detach,
+        )
+        total: torch.Tensor | None = None
+        feature_losses, ce_losses, counts, correct = [], [], [], []
+        for number, (step, weight) in enumerate(zip(steps, self.step_weights)):
+            predicted = step.predicted[step.rows]  # [N, H]
+            target = step.target_features[step.rows]
+            count = int(step.rows.sum())
+            feature_loss = F.smooth_l1_loss(predicted, target, reduction="none").mean(-1).mean()
             with torch.no_grad():
-                draft = log_probs.argmax(-1)
-                if self.draft_vocab is not None:
-                    draft = self.draft_vocab[draft]
-                reference = self.target_argmax.get(batch_key) if batch_key is not None else None
-                if reference is None:
-                    reference = (target @ self.full_weight.T).argmax(-1)
-                    if batch_key is not None:
-                        self.target_argmax[batch_key] = reference
-                top1 = (draft == reference).float().sum()
-        return total, feature_loss, ce_loss, top1, int(weights.sum())
+                target_probs = torch.softmax(target @ self.weight.T, dim=-1)
+            log_probs = torch.log_softmax(predicted @ self.weight.T, dim=-1)
+            ce_loss = -(target_probs * log_probs).sum(-1).mean()
+            loss = self.config.feature_weight * feature_loss + self.config.ce_weight * ce_loss
+            if number == 0:
+                total = weight * loss if weight != 1.0 else loss
+            elif count:
+                total = total + weight * loss
+            feature_losses.append(feature_loss)
+            ce_losses.append(ce_loss)
+            counts.append(count)
+            if evaluate:
+                correct.append(self._correct(log_probs, target, batch_key, number))
+        assert total is not None
+        return BatchLosses(
+            total=total,
+            feature=feature_losses[0],
+            ce=ce_losses[0],
+            pairs=counts[0],
+            step_feature=tuple(float(f.detach()) for f in feature_losses),
+            step_ce=tuple(float(c.detach()) for c in ce_losses),
+            step_pairs=tuple(counts),
+            step_correct=tuple(correct) if evaluate else None,
+        )
+
+    @torch.no_grad()
+    def _correct(self, log_probs: torch.Tensor, target: torch.Tensor, batch_key: int | None, step: int) -> float:
+        draft = log_probs.argmax(-1)
+        if self.draft_vocab is not None:
+            draft = self.draft_vocab[draft]
+        reference = self.target_argmax.get((batch_key, step)) if batch_key is not None else None
+        if reference is None:
+            reference = (target @ self.full_weight.T).argmax(-1)
+            if batch_key is not None:
+                self.target_argmax[(batch_key, step)] = reference
+        return float((draft == reference).float().sum())
 
 
 def init_head(target: TargetModel, config: TrainConfig) -> DraftHead:
@@ -159,21 +222,38 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
 @torch.no_grad()
 def evaluate(head: DraftHead, records: list[Record], losses: LossComputer, config: TrainConfig) -> Losses:
     head.eval()
-    totals = torch.zeros(4, dtype=torch.float64)
-    pairs = 0
+    steps = config.ttt_steps
+    totals = torch.zeros(2, dtype=torch.float64)  # total * pairs, step-0 pairs
+    sums = torch.zeros(3, steps, dtype=torch.float64)  # feature * rows, ce * rows, correct; per step
+    rows = torch.zeros(steps, dtype=torch.float64)
     for number, batch in iterate(records, batches(records, config.tokens_per_batch, seed=HELDOUT_ORDER_SEED, max_pairs=config.max_pairs), max_pairs=config.max_pairs):
-        total, feature, ce, top1, count = losses(head, batch, noise=0.0, generator=None, evaluate=True, batch_key=number)
-        if count == 0:
+        result = losses(head, batch, noise=0.0, generator=None, evaluate=True, batch_key=number)
+        if result.pairs == 0:
             continue
-        totals += torch.tensor([float(total) * count, float(feature) * count, float(ce) * count, float(top1)], dtype=torch.float64)
-        pairs += count
-        if pairs >= config.max_heldout_pairs:
+        totals += torch.tensor([float(result.total) * result.pairs, result.pairs], dtype=torch.float64)
+        for j, count in enumerate(result.step_pairs):
+            if count:
+                sums[:, j] += torch.tensor([result.step_feature[j] * count, result.step_ce[j] * count, result.step_correct[j]], dtype=torch.float64)
+                rows[j] += count
+        if totals[1] >= config.max_heldout_pairs:
             break
     head.train()
+    pairs = int(totals[1])
     if pairs == 0:
         return Losses(float("nan"), float("nan"), float("nan"), float("nan"), 0)
-    total, feature, ce, top1 = (totals / pairs).tolist()
-    return Losses(feature=feature, ce=ce, total=total, top1=top1, pairs=pairs)
+    means = (sums / rows.clamp(min=1)).where(rows > 0, torch.tensor(float("nan"), dtype=torch.float64))
+    feature, ce, top1 = means.tolist()
+    return Losses(
+        feature=feature[0],
+        ce=ce[0],
+        total=float(totals[0]) / pairs,
+        top1=top1[0],
+        pairs=pairs,
+        step_feature=tuple(feature),
+        step_ce=tuple(ce),
+        step_top1=tuple(top1),
+        step_pairs=tuple(int(r) for r in rows.tolist()),
+    )
 
 
 def train(
@@ -279,7 +359,8 @@ def train(
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, config)
-            total, feature, ce, _, count = losses(head, batch, noise=config.noise, generator=generator)
+            result = losses(head, batch, noise=config.noise, generator=generator)
+            total, feature, ce, count = result.total, result.feature, result.ce, result.pairs
             optimizer.zero_grad(set_to_none=True)
             if count:
                 total.backward()
@@ -327,6 +408,7 @@ def train(
         last_eval = evaluate(head, heldout, losses, config)
     summary = {
         "config": asdict(config),
+        "ttt_step_weights": list(config.resolved_step_weights),
         "data": data,
         "steps": step,
         "train_seconds": round(elapsed, 1),
@@ -337,7 +419,15 @@ def train(
     }
     saved = copy.deepcopy(head).to(device="cpu", dtype=parse_dtype(config.save_dtype))
     saved.draft_vocab = draft_vocab
-    saved.save_pretrained(out, extra_config={"eagle2_training": {"steps": step, "heldout_top1": last_eval.top1}})
+    training = {
+        "steps": step,
+        "heldout_top1": last_eval.top1,
+        "heldout_step_top1": list(last_eval.step_top1),
+        "ttt_steps": config.ttt_steps,
+        "ttt_step_weights": list(config.resolved_step_weights),
+        "ttt_detach": config.ttt_detach,
+    }
+    saved.save_pretrained(out, extra_config={"eagle2_training": training})
     atomic_write_json(folder / "summary.json", summary)
     atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
