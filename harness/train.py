@@ -74,7 +74,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from eagle2.train.distill import DistillConfig, distill
+    from eagle2.train.distill import DistillConfig, cpu_bf16_flags, distill, resolve_generation_dtype
     from eagle2.train.prompts import read_prompts
 
     work = Path(args.work)
@@ -88,7 +88,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         seed=args.seed,
         answers=args.answers,
+        generation_dtype=resolve_generation_dtype(args.generation_dtype, args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
     )
+    logger.info("distill: answers generated in %s (requested %s; CPU bfloat16 flags: %s)", config.generation_dtype, args.generation_dtype, ", ".join(cpu_bf16_flags()) or "none")
     loaded, chat = load_target_and_chat(args)
     bar = progress_bar(len(prompts), "distill", "prompt")
     started = time.perf_counter()
@@ -156,9 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         atomic_write_json(Path(args.out), report)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, *, dtype_flag: str = "--dtype") -> None:
     parser.add_argument("--model", default="embedded", help="target: embedded (SmolLM2-135M-Instruct), a folder, a hub id or a .gguf path")
-    parser.add_argument("--dtype", default="auto", help="target dtype (auto = float32 for GGUF)")
+    parser.add_argument(dtype_flag, dest="dtype", default="auto", help="target dtype, as the engine runs it (auto = float32 for GGUF)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where transformers puts it)")
     parser.add_argument("--chat-template", default="tokenizer", help="'tokenizer' (its own template, as the suites use) or a FastChat template name")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (on a shared CPU, 1 per process avoids OpenMP spin-waiting)")
@@ -191,7 +193,10 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--answers", choices=["generate", "reference"], default="generate",
                    help="generate: the target answers (self-distillation); reference: teacher-force the sources' own answers (~10x cheaper)")
     p.add_argument("--worker", default="0/1", help="i/n: generate only shards i, i+n, ... (run n processes to share the work)")
-    add_model_arguments(p)
+    p.add_argument("--dtype", dest="generation_dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype the answers are generated in (auto: bfloat16 on CUDA or a CPU with AMX/AVX512-BF16, else float32); "
+                   "the features are always the target's in --engine-dtype")
+    add_model_arguments(p, dtype_flag="--engine-dtype")
     p.set_defaults(func=cmd_distill)
 
     p = stages.add_parser("train", help="train the draft head on the distilled records")

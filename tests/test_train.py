@@ -410,3 +410,47 @@ def test_fine_tuning_from_a_head_with_extra_teacher_forced_data(tmp_path: Path, 
     assert summary["data"]["heldout_records"] == len(split(load_records(work / "distill"), 0.25, 0)[1])
     tuned = DraftHead.from_pretrained(tmp_path / "tuned")
     assert tuned.draft_vocab is not None
+
+
+# ---------------------------------------------------------------- bfloat16 distillation
+
+
+CPUINFO_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+CPUINFO_PLAIN = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
+
+
+def test_bfloat16_flags_are_read_from_cpuinfo_and_auto_follows_them() -> None:
+    from eagle2.train.distill import cpu_bf16_flags, resolve_generation_dtype
+
+    assert cpu_bf16_flags(CPUINFO_BF16) == ("amx_bf16", "avx512_bf16")
+    assert cpu_bf16_flags(CPUINFO_PLAIN) == ()
+    assert resolve_generation_dtype("auto", "cpu", cpuinfo=CPUINFO_BF16) == "bfloat16"
+    assert resolve_generation_dtype("auto", "cpu", cpuinfo=CPUINFO_PLAIN) == "float32"
+    assert resolve_generation_dtype("auto", "cuda", cpuinfo=CPUINFO_PLAIN) == "bfloat16"
+    assert resolve_generation_dtype("float32", "cuda") == "float32"
+    with pytest.raises(ValueError, match="unknown generation dtype 'fp8'"):
+        resolve_generation_dtype("fp8", "cpu")
+    with pytest.raises(ValueError, match="generation_dtype must be"):
+        DistillConfig(generation_dtype="int4")
+
+
+def test_bfloat16_generation_keeps_the_features_of_the_target_in_its_own_dtype(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    prompt_file = write_prompt_file(tmp_path / "user.jsonl", [f"Question number {i}: say something." for i in range(5)])
+    prompts = read_prompts(build_prompts(PromptsConfig(sources=(f"file:{prompt_file}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir))
+    config = DistillConfig(max_new_tokens=10, batch_size=4, shard_size=8, sampled_fraction=0.4, generation_dtype="bfloat16", feature_dtype="float64", prefill_tokens=40)
+    distill(target, CharChat(), prompts, tmp_path / "work" / "distill", config)
+    records = load_records(tmp_path / "work" / "distill")
+    assert len(records) == 5
+    for record in records:
+        # The features are the float64 target's on the (bfloat16-generated) tokens, not the copy's.
+        expected = target.forward(record.tokens[:-1], target.new_cache(len(record.tokens) + 1)).hidden
+        torch.testing.assert_close(record.features, expected, atol=1e-9, rtol=1e-7)
+    summary = json.loads((tmp_path / "work" / "distill" / "distill.summary.json").read_text())
+    assert summary["dtypes"] == {"generation": "bfloat16", "features_computed_in": "float64", "features_stored_as": "float64"}
+    manifest = json.loads((tmp_path / "work" / "distill" / "distill.config.json").read_text())
+    assert manifest["generation_dtype"] == "bfloat16"
+    # The same target generating itself ("target") captures the features during generation.
+    same = DistillConfig(max_new_tokens=10, batch_size=4, shard_size=8, sampled_fraction=0.4)
+    distill(target, CharChat(), prompts, tmp_path / "same" / "distill", same)
+    stored = json.loads((tmp_path / "same" / "distill" / "distill.summary.json").read_text())["dtypes"]
+    assert stored == {"generation": "float64", "features_computed_in": "float64", "features_stored_as": "float16"}
