@@ -57,6 +57,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
         sources=tuple(args.source),
         seed=args.seed,
         eval_sets=tuple(args.eval_sets),
+        eval_questions=tuple(args.eval_questions),
         drop_overlapping=args.drop_overlapping,
         magpie=MagpieConfig(batch_size=args.magpie_batch_size),
     )
@@ -174,7 +175,10 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--work", required=True, help="work folder (all stages' outputs)")
     p.add_argument("--source", action="append", default=[], help="shared:NAME[:N], file:PATH[:N] or magpie:N (repeatable)")
     p.add_argument("--data-dir", default=str(default_data_dir()), help="shared data folder (default $EAGLE2_DATA_DIR or ../shared/data)")
-    p.add_argument("--eval-sets", nargs="+", default=["mt_bench", "gsm8k_test", "humaneval"], help="evaluation sets to check for overlap")
+    p.add_argument("--eval-sets", nargs="+", default=["mt_bench", "gsm8k_test", "humaneval"], help="named evaluation sets to check for overlap: mt_bench, gsm8k_test, humaneval, spec_bench (<data-dir>/spec_bench/question.jsonl)")
+    p.add_argument("--eval-questions", action="append", default=[], metavar="FILE",
+                   help="a further evaluation question file to keep out of training (repeatable): Spec-Bench/MT-bench question.jsonl "
+                   "(turns), GSM8K (question), HumanEval (prompt) or rows with text/instruction")
     p.add_argument("--drop-overlapping", action="store_true", help="drop overlapping prompts (listed in the summary) instead of refusing")
     p.add_argument("--magpie-batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

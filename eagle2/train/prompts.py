@@ -10,7 +10,9 @@ Sources (any mix, each with an optional count):
   pre-query prefix (everything before a user message's text) and samples the user turn.
 
 Every prompt is checked against the evaluation sets (MT-bench turns, GSM8K test questions,
-HumanEval prompts): a prompt whose normalised text (case folded, punctuation dropped, whitespace
+HumanEval prompts, Spec-Bench questions, and any question file given as an evaluation set with
+`eval_questions`: Spec-Bench / MT-bench `question.jsonl` rows with `turns`, GSM8K rows with
+`question`, HumanEval rows with `prompt`, or rows with `text` / `instruction`): a prompt whose normalised text (case folded, punctuation dropped, whitespace
 collapsed) equals or contains an evaluation text, or shares a 13-word n-gram with one (the GPT-3
 decontamination rule), is an overlap. Overlaps make the stage refuse (ContaminationError) unless
 `drop_overlapping` is set, in which case they are dropped and listed in the stage's summary.
@@ -44,7 +46,9 @@ SHARED_SETS = {
     "gpteacher_codegen": "train/gpteacher/codegen-instruct.json",
     "gpteacher_roleplay": "train/gpteacher/roleplay-simple-deduped-roleplay-instruct.json",
 }
-EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")
+EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")  # checked by default
+KNOWN_EVAL_SETS = (*EVAL_SETS, "spec_bench")  # spec_bench: <data>/spec_bench/question.jsonl
+QUESTION_FIELDS = ("turns", "question", "prompt", "text", "instruction")  # read from evaluation question files
 NGRAM = 13  # words; shared n-grams of this length count as overlap
 MIN_CONTAINED_WORDS = 6  # an evaluation text this long (or longer) found inside a prompt is an overlap
 
@@ -197,9 +201,48 @@ def build_eval_index(data_dir: Path, eval_sets: Sequence[str] = EVAL_SETS) -> Ev
 
             for task_id, problem in read_problems().items():
                 index.add(f"humaneval/{task_id}", problem["prompt"])
+        elif name == "spec_bench":
+            path = data_dir / "spec_bench" / "question.jsonl"
+            _require(path, name)
+            add_question_file(index, path, label="spec_bench")
         else:
-            raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(EVAL_SETS)}")
+            raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(KNOWN_EVAL_SETS)} (or give a question file with --eval-questions)")
     return index
+
+
+def question_file_label(path: Path) -> str:
+    """A label for an evaluation question file: its folder's name for `question.jsonl` (e.g.
+    spec_bench), else the file's stem."""
+    return path.parent.name if path.stem == "question" and path.parent.name else path.stem
+
+
+def add_question_file(index: EvalIndex, path: Path, *, label: str | None = None) -> int:
+    """Index every question of an evaluation file (JSONL, or one JSON array): each text in `turns`
+    (Spec-Bench / MT-bench format) or the row's `question` / `prompt` / `text` / `instruction`
+    (+ `input`). Returns the number of texts indexed; a row with none of these fields is an error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation question file {path} does not exist")
+    label = label or question_file_label(path)
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    added = 0
+    for number, row in enumerate(rows):
+        item = row.get("question_id", row.get("task_id", row.get("id", number))) if isinstance(row, dict) else number
+        if isinstance(row, str):
+            texts = [row]
+        elif isinstance(row.get("turns"), list):
+            texts = [str(t) for t in row["turns"]]
+        else:
+            key = next((k for k in QUESTION_FIELDS[1:] if row.get(k)), None)
+            if key is None:
+                raise ValueError(f"{path}: row {number} has none of the question fields {', '.join(QUESTION_FIELDS)}; keys: {sorted(row)}")
+            texts = [_join(str(row[key]), row.get("input") if key == "instruction" else None)]
+        for turn_number, turn in enumerate(texts, 1):
+            index.add(f"{label}/{item}" + (f".{turn_number}" if len(texts) > 1 else ""), turn)
+            added += 1
+    if not added:
+        raise ValueError(f"evaluation question file {path} holds no questions")
+    return added
 
 
 def _require(path: Path, name: str) -> None:
@@ -397,6 +440,7 @@ class PromptsConfig:
     sources: tuple[str, ...]  # SourceSpec strings, e.g. ("shared:gsm8k_train:500", "magpie:300")
     seed: int = 0  # which subset of each source is taken; Magpie's sampling seed
     eval_sets: tuple[str, ...] = EVAL_SETS  # evaluation sets checked for overlap
+    eval_questions: tuple[str, ...] = ()  # further evaluation question files (add_question_file) checked for overlap
     drop_overlapping: bool = False  # False: refuse on any overlap; True: drop and list them
     magpie: MagpieConfig = MagpieConfig()
 
@@ -421,6 +465,8 @@ def build_prompts(
     if not specs:
         raise ValueError("no prompt sources given; use e.g. --source shared:gsm8k_train:500 --source magpie:200")
     index = build_eval_index(data_dir, config.eval_sets)
+    for path in config.eval_questions:
+        add_question_file(index, Path(path))
     prompts: list[Prompt] = []
     for spec in specs:
         if spec.kind == "shared":
