@@ -53,16 +53,19 @@ def progress_bar(total: int | None, desc: str, unit: str):
 def cmd_prompts(args: argparse.Namespace) -> None:
     from eagle2.train.prompts import MagpieConfig, PromptsConfig, SourceSpec, build_prompts
 
+    from eagle2.train.mix import default_mix_sources
+
+    sources = tuple(args.source) + (default_mix_sources(args.mix) if args.mix else ())
     config = PromptsConfig(
-        sources=tuple(args.source),
+        sources=sources,
         seed=args.seed,
         eval_sets=tuple(args.eval_sets),
         eval_questions=tuple(args.eval_questions),
         drop_overlapping=args.drop_overlapping,
-        magpie=MagpieConfig(batch_size=args.magpie_batch_size),
+        magpie=MagpieConfig(batch_size=args.magpie_batch_size, max_passage_tokens=args.max_passage_tokens),
     )
     target = chat = None
-    magpie = sum(s.count or 0 for s in map(SourceSpec.parse, config.sources) if s.kind == "magpie")
+    magpie = sum(s.count or 0 for s in map(SourceSpec.parse, config.sources) if s.synthesised)
     if magpie:
         loaded, chat = load_target_and_chat(args)
         target = loaded.target
@@ -173,7 +176,12 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
 
     p = stages.add_parser("prompts", help="collect and overlap-check training prompts")
     p.add_argument("--work", required=True, help="work folder (all stages' outputs)")
-    p.add_argument("--source", action="append", default=[], help="shared:NAME[:N], file:PATH[:N] or magpie:N (repeatable)")
+    p.add_argument("--source", action="append", default=[],
+                   help="shared:NAME[:N], file:PATH[:N], magpie:N, magpie:KIND:N (writing, roleplay, reasoning, math, code, translation, "
+                   "open_qa, summarisation, long_context_qa, extraction) or multiturn:N (repeatable)")
+    p.add_argument("--mix", type=int, default=0, metavar="TOTAL",
+                   help="add the default mix of every shared set and every synthesised kind for about TOTAL prompts (eagle2.train.mix.DEFAULT_MIX)")
+    p.add_argument("--max-passage-tokens", type=int, default=384, help="passage kinds: length cap of the passage the target writes")
     p.add_argument("--data-dir", default=str(default_data_dir()), help="shared data folder (default $EAGLE2_DATA_DIR or ../shared/data)")
     p.add_argument("--eval-sets", nargs="+", default=["mt_bench", "gsm8k_test", "humaneval"], help="named evaluation sets to check for overlap: mt_bench, gsm8k_test, humaneval, spec_bench (<data-dir>/spec_bench/question.jsonl)")
     p.add_argument("--eval-questions", action="append", default=[], metavar="FILE",

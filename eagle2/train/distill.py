@@ -232,10 +232,11 @@ def _distill_shard(
         return _reference_shard(target, chat, chunk, config, number, feature_dtype, progress)
     generator_model = generator_model or target
     capture = generator_model is target
+    conversations = _conversation_turns(generator_model, chat, [p for p in chunk if p.follow_ups], config, number)
     items = []
     skipped = 0
     for prompt in chunk:
-        ids = chat.prompt_ids([Turn("user", prompt.prompt)])
+        ids = chat.prompt_ids(conversations.get(prompt.id, [Turn("user", prompt.prompt)]))
         if len(ids) > config.max_prompt_tokens:
             skipped += 1
             continue
@@ -270,6 +271,31 @@ def _distill_shard(
         progress(skipped)
     records.sort(key=lambda r: r["meta"]["id"])
     return records
+
+
+def _conversation_turns(generator_model: TargetModel, chat: ChatFormat, prompts: list[Prompt], config: DistillConfig, number: int) -> dict[str, list[Turn]]:
+    """Multi-turn prompts: the target answers each user turn but the last (greedily or by sampling,
+    as the prompt's mode says), and the conversation up to the last user turn is returned by id;
+    the record then holds the target's answer to that last turn (the only trained tokens)."""
+    turns = {p.id: [Turn("user", p.prompt)] for p in prompts}
+    for level in range(max((len(p.follow_ups) for p in prompts), default=0)):
+        for mode in ("greedy", "sampled"):
+            group = [p for p in prompts if len(p.follow_ups) > level and prompt_mode(p.id, config) == mode]
+            generator = torch.Generator().manual_seed(_seed(config.seed, "distill-turn", number, level, mode))
+            for start in range(0, len(group), config.batch_size):
+                batch = group[start : start + config.batch_size]
+                results = batched_generate(
+                    generator_model,
+                    [chat.prompt_ids(turns[p.id]) for p in batch],
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=0.0 if mode == "greedy" else config.temperature,
+                    stop_token_ids=chat.stop_token_ids,
+                    generator=generator,
+                    capture_features=False,
+                )
+                for prompt, result in zip(batch, results):
+                    turns[prompt.id] += [Turn("assistant", chat.decode(result.output_ids).strip()), Turn("user", prompt.follow_ups[level])]
+    return turns
 
 
 def _reference_shard(
