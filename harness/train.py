@@ -129,6 +129,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
         max_shards=args.max_shards,
         progress=progress,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     bar.close()
 
@@ -160,6 +161,102 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(results, indent=2))
     if args.out:
         atomic_write_json(Path(args.out), report)
+
+
+CURVE_X = {
+    # x of a head in a learning curve, read from its training.json
+    "tokens": ("distilled tokens", lambda summary: summary["data"]["all_tokens"]),
+    "epoch": ("epochs", lambda summary: summary.get("epochs_done", summary["config"]["epochs"])),
+    "pairs": ("training pairs", lambda summary: summary["data"]["train_pairs"]),
+}
+
+
+def head_training_summary(spec: str) -> dict:
+    """A trained head's training.json (folder or builtin:NAME); a missing one is an error naming it."""
+    from harness.models import builtin_head_path
+
+    folder = builtin_head_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else Path(spec)
+    path = folder / "training.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"head {spec!r} has no training.json ({path}); a learning curve needs heads trained by `python -m harness train train`")
+    return json.loads(path.read_text())
+
+
+def cmd_curve(args: argparse.Namespace) -> None:
+    """tau of each head on the same questions, against distilled tokens / epochs, as JSON and a PNG."""
+    from eagle2.train.evaluate import MethodConfig, measure, select_questions
+    from eagle2.train.io import atomic_write_json
+    from harness.models import load_head
+
+    x_label, x_of = CURVE_X[args.x]
+    summaries = [head_training_summary(spec) for spec in args.heads]
+    loaded, chat = load_target_and_chat(args)
+    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
+    questions = select_questions(question_file, args.questions)
+    method = MethodConfig.parse(args.method)
+    rows = []
+    for spec, summary in zip(args.heads, summaries):
+        head = load_head(spec, loaded.target)
+        results = measure(loaded.target, head, chat, questions, [method], [args.temperature], max_new_tokens=args.max_new_tokens, seed=args.seed)
+        result = results[f"T={args.temperature:g} {method.label()}"]
+        rows.append({
+            "head": spec,
+            "x": x_of(summary),
+            "tau": result["tau"],
+            "acceptance_by_depth": result["acceptance_by_depth"],
+            "heldout_top1": summary["heldout"]["top1"],
+            "heldout_step_top1": summary["heldout"].get("step_top1", []),
+            "distilled_tokens": summary["data"]["all_tokens"],
+            "epochs_done": summary.get("epochs_done"),
+            "ttt_steps": summary["config"].get("ttt_steps", 1),
+        })
+        logger.info("%s: x=%s tau=%.3f", spec, rows[-1]["x"], rows[-1]["tau"])
+    rows.sort(key=lambda row: row["x"])
+    report = {
+        "x": args.x,
+        "x_label": x_label,
+        "method": method.label(),
+        "temperature": args.temperature,
+        "question_file": str(question_file),
+        "questions": [q["question_id"] for q in questions],
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "rows": rows,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    out = Path(args.out)
+    atomic_write_json(out, report)
+    figure = Path(args.figure) if args.figure else out.with_suffix(".png")
+    plot_learning_curve(report, figure)
+    print(json.dumps([{k: row[k] for k in ("head", "x", "tau", "heldout_top1")} for row in rows], indent=2))
+
+
+def plot_learning_curve(report: dict, path: Path) -> None:
+    """tau (left) and held-out top-1 draft accuracy (right) against the report's x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    xs = [row["x"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(xs, [row["tau"] for row in rows], marker="o")
+    left.set_ylabel(f"τ ({report['method']}, T = {report['temperature']:g})")
+    right.plot(xs, [row["heldout_top1"] for row in rows], marker="o", color="tab:orange")
+    right.set_ylabel("held-out top-1 draft accuracy")
+    for axis in (left, right):
+        axis.set_xlabel(report["x_label"])
+        axis.grid(alpha=0.3)
+        if report["x"] in ("tokens", "pairs") and len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 4:
+            axis.set_xscale("log")
+    fig.suptitle(f"{len(report['questions'])} questions, {report['max_new_tokens']} new tokens")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, dtype_flag: str = "--dtype") -> None:
@@ -228,6 +325,7 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
         else:
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--max-shards", type=int, default=None, help="use only the first N shards")
+    p.add_argument("--state-dir", default=None, help="checkpoint/log folder (default WORK/train); give each run over the same WORK its own")
     add_model_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -244,3 +342,18 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--full-vocab", action="store_true", help="draft over the whole vocabulary, ignoring the head's reduced draft vocabulary")
     add_model_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = stages.add_parser("curve", help="learning curve: tau of a series of heads (per epoch, per data size) on the same questions, JSON + PNG")
+    p.add_argument("--heads", nargs="+", required=True, help="head folders with training.json (e.g. WORK/train/epochs/epoch-*, or heads trained with --max-shards N)")
+    p.add_argument("--x", choices=sorted(CURVE_X), default="tokens", help="the x axis, from each head's training.json")
+    p.add_argument("--questions", type=int, default=32)
+    p.add_argument("--question-file", default=None, help="default: <data-dir>/mt_bench/question.jsonl (first turns)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--method", default="eagle2", help="eagle2[:DEPTH/TOPK/TOTAL] (default: the official tree 6/10/60) or eagle1[:TREE]")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSON report")
+    p.add_argument("--figure", default=None, help="PNG (default: the report's path with .png)")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_curve)

@@ -86,6 +86,9 @@ class TrainConfig:
     ttt_decay: float = 0.8  # the official EAGLE-3 training's 0.8**j
     ttt_weights: tuple[float, ...] = ()
     ttt_detach: bool = False
+    # Also write the head after every epoch to work/train/epochs/epoch-NNN (official layout, with
+    # its training.json), for learning curves over epochs.
+    save_epoch_heads: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
@@ -266,10 +269,13 @@ def train(
     device: str | torch.device | None = None,
     max_shards: int | None = None,
     progress: Callable[[int, int, dict], None] | None = None,
+    state_dir: Path | None = None,
 ) -> dict:
-    """Train (or resume) and write the head to `out`; returns the run summary (also in work/train/)."""
+    """Train (or resume) and write the head to `out`; returns the run summary (also in the state
+    folder, work/train/ unless `state_dir` names another: several runs over the same distilled
+    data, e.g. on the first N shards for a learning curve, each keep their own)."""
     device = torch.device(device or target.device)
-    folder = work / "train"
+    folder = state_dir or work / "train"
     folder.mkdir(parents=True, exist_ok=True)
     records = load_records(work / "distill", max_shards=max_shards)
     train_records, heldout = split(records, config.heldout_fraction, config.seed)
@@ -331,6 +337,20 @@ def train(
         # Rows written after the checkpoint belong to steps that are about to be redone.
         rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         atomic_write_text(log_path, "".join(line + "\n" for line in rows))
+
+    def summary_of(epochs_done: int, steps: int, seconds: float, heldout_losses: Losses) -> dict:
+        return {
+            "config": asdict(config),
+            "ttt_step_weights": list(config.resolved_step_weights),
+            "data": data,
+            "epochs_done": epochs_done,
+            "steps": steps,
+            "train_seconds": round(seconds, 1),
+            "heldout": asdict(heldout_losses),
+            "last_train": _last_train_row(log_path),
+            "torch": torch.__version__,
+            "device": str(device),
+        }
 
     def log(row: dict) -> None:
         with open(log_path, "a", encoding="utf-8") as file:
@@ -402,36 +422,35 @@ def train(
         last_eval = evaluate(head, heldout, losses, config)
         log({"step": step, "epoch_end": epoch, "heldout": asdict(last_eval), "elapsed_s": round(elapsed, 1)})
         logger.info("epoch %d done (step %d, %.0f s): held-out %s", epoch, step, elapsed, last_eval)
+        if config.save_epoch_heads:
+            write_head(head, draft_vocab, folder / "epochs" / f"epoch-{epoch:03d}", summary_of(epoch, step, elapsed, last_eval), config)
         save_checkpoint()
 
     if last_eval is None:
         last_eval = evaluate(head, heldout, losses, config)
-    summary = {
-        "config": asdict(config),
-        "ttt_step_weights": list(config.resolved_step_weights),
-        "data": data,
-        "steps": step,
-        "train_seconds": round(elapsed, 1),
-        "heldout": asdict(last_eval),
-        "last_train": _last_train_row(log_path),
-        "torch": torch.__version__,
-        "device": str(device),
-    }
+    summary = summary_of(epoch, step, elapsed, last_eval)
+    write_head(head, draft_vocab, out, summary, config)
+    atomic_write_json(folder / "summary.json", summary)
+    logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
+    return summary
+
+
+def write_head(head: DraftHead, draft_vocab: torch.Tensor | None, out: Path, summary: dict, config: TrainConfig) -> None:
+    """The head in the official layout (weights in config.save_dtype) plus training.json (`summary`)."""
     saved = copy.deepcopy(head).to(device="cpu", dtype=parse_dtype(config.save_dtype))
     saved.draft_vocab = draft_vocab
+    heldout = summary["heldout"]
     training = {
-        "steps": step,
-        "heldout_top1": last_eval.top1,
-        "heldout_step_top1": list(last_eval.step_top1),
+        "steps": summary["steps"],
+        "epochs_done": summary["epochs_done"],
+        "heldout_top1": heldout["top1"],
+        "heldout_step_top1": list(heldout["step_top1"]),
         "ttt_steps": config.ttt_steps,
         "ttt_step_weights": list(config.resolved_step_weights),
         "ttt_detach": config.ttt_detach,
     }
     saved.save_pretrained(out, extra_config={"eagle2_training": training})
-    atomic_write_json(folder / "summary.json", summary)
     atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
-    return summary
 
 
 def _last_train_row(log_path: Path) -> dict | None:
