@@ -527,3 +527,17 @@ def test_the_prompts_stage_cli_takes_evaluation_question_files(tmp_path: Path, d
     assert main(["-q", *args, "--eval-questions", str(spec), "--drop-overlapping"]) == 0
     summary = json.loads((tmp_path / "work" / "prompts.summary.json").read_text())
     assert summary["overlaps_dropped"][0]["eval_item"] == "spec_bench/translation_1" and summary["eval_texts_indexed"]["spec_bench"] == 3
+
+
+def test_a_time_budget_stops_training_with_a_head_and_a_rerun_finishes_it(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    whole = run_pipeline(tmp_path / "a" / "work", data_dir, target)
+    work = tmp_path / "b" / "work"
+    early = run_pipeline(work, data_dir, target, train_config=replace(SMALL_TRAIN, max_seconds=1e-9))
+    summary = json.loads((early / "training.json").read_text())
+    assert summary["stopped_by_time_budget"] is True and summary["steps"] == 1
+    assert json.loads((early / "config.json").read_text())["eagle2_training"]["steps"] == 1
+    finished = run_pipeline(work, data_dir, target)  # no budget: continues from the checkpoint
+    assert json.loads((finished / "training.json").read_text())["stopped_by_time_budget"] is False
+    a, b = DraftHead.from_pretrained(whole), DraftHead.from_pretrained(finished)
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, atol=0, rtol=0)

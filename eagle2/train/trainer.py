@@ -89,6 +89,10 @@ class TrainConfig:
     # Also write the head after every epoch to work/train/epochs/epoch-NNN (official layout, with
     # its training.json), for learning curves over epochs.
     save_epoch_heads: bool = False
+    # Time budget of this invocation in seconds (0 = none): training stops after the step that
+    # crosses it, checkpoints, evaluates and writes the head (summary: stopped_by_time_budget);
+    # run again (with the same settings) to continue.
+    max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
@@ -288,7 +292,8 @@ def train(
         raise ValueError(f"{len(records)} records split into {len(train_records)} train / {len(heldout)} held-out; need both non-empty")
     check_manifest(
         folder / "train.config.json",
-        {**asdict(config), "records": len(records), "train_records": len(train_records)},
+        # The time budget is how long this invocation may run, not a training setting.
+        {**{k: v for k, v in asdict(config).items() if k != "max_seconds"}, "records": len(records), "train_records": len(train_records)},
         "train",
         outputs=[folder / "checkpoint.pt", folder / "summary.json"],
     )
@@ -371,6 +376,8 @@ def train(
         )
 
     head.train()
+    run_started = time.perf_counter()
+    out_of_time = False
     window = {"loss": 0.0, "feature": 0.0, "ce": 0.0, "pairs": 0, "seconds": 0.0, "steps": 0}
     last_eval: Losses | None = None
     while epoch < config.epochs:
@@ -417,6 +424,14 @@ def train(
                 logger.info("step %d held-out: %s", step, last_eval)
             if step % config.checkpoint_every == 0:
                 save_checkpoint()
+            if config.max_seconds and time.perf_counter() - run_started >= config.max_seconds:
+                out_of_time = True
+                break
+        if out_of_time:
+            logger.info("time budget of %.0f s reached at step %d (epoch %d, batch %d); stopping", config.max_seconds, step, epoch, next_batch)
+            save_checkpoint()
+            last_eval = evaluate(head, heldout, losses, config)
+            break
         epoch += 1
         next_batch = 0
         last_eval = evaluate(head, heldout, losses, config)
@@ -428,7 +443,7 @@ def train(
 
     if last_eval is None:
         last_eval = evaluate(head, heldout, losses, config)
-    summary = summary_of(epoch, step, elapsed, last_eval)
+    summary = {**summary_of(epoch, step, elapsed, last_eval), "stopped_by_time_budget": out_of_time}
     write_head(head, draft_vocab, out, summary, config)
     atomic_write_json(folder / "summary.json", summary)
     logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
