@@ -61,7 +61,7 @@ def test_a_tiny_mix_of_every_set_and_kind_is_built_counted_and_distilled(tmp_pat
     assert summary["by_kind"]["multiturn"] == 2 and summary["by_kind"]["general"] == 2 + 2
     by_kind = {p.kind: p for p in prompts}
     assert by_kind["translation"].prompt.startswith("Translate the following")
-    assert by_kind["long_context_qa"].prompt.count("Based on the passage above, ") == 1
+    assert by_kind["long_context_qa"].prompt.count("Based on the passage above,") == 1
     conversations = [p for p in prompts if p.kind == "multiturn"]
     assert all(len(p.follow_ups) == 1 and p.follow_ups[0] in FOLLOW_UPS for p in conversations)
 

@@ -83,7 +83,9 @@ EXTRACTION_TEMPLATES: tuple[str, ...] = (
     "Read the text and extract all named organisations and what they did.\n\n{passage}",
 )
 
-LONG_CONTEXT_QUESTION_OPENING = "{passage}\n\nBased on the passage above, "
+# Openings end without a space: a trailing space is a token of its own that the model rarely
+# continues naturally (it tends to start a new line); join_opening puts the space back.
+LONG_CONTEXT_QUESTION_OPENING = "{passage}\n\nBased on the passage above,"
 
 FOLLOW_UPS: tuple[str, ...] = (
     "Now make your answer shorter, in at most three sentences.",

@@ -422,6 +422,7 @@ class MagpieConfig:
     min_chars: int = 12  # shorter queries are discarded
     max_passage_tokens: int = 384  # passage kinds: length cap of the passage the target writes
     min_passage_chars: int = 200  # shorter passages are discarded
+    passage_temperature: float = 0.7  # passages are sampled cooler than queries: they are the facts the prompt is about
 
 
 def synthesise_magpie(
@@ -473,14 +474,14 @@ def synthesise_kind(
         generator = torch.Generator().manual_seed(_seed(seed, "magpie", kind, stage, chunk))
         results = batched_generate(
             target,
-            [prefix + chat.encode(opening) if opening else prefix for opening in openings],
+            [prefix + chat.encode(opening.rstrip()) if opening else prefix for opening in openings],
             max_new_tokens=config.max_query_tokens,
             temperature=config.temperature,
             stop_token_ids=chat.stop_token_ids,
             generator=generator,
             capture_features=False,
         )
-        return [join_opening(opening, chat.decode(r.output_ids)) if r.stopped else "" for opening, r in zip(openings, results)]
+        return [join_opening(opening.rstrip(), chat.decode(r.output_ids)) if r.stopped else "" for opening, r in zip(openings, results)]
 
     def produce(chunk: int) -> list[str]:
         seeds = draw_seeds(kind, config.batch_size, random.Random(f"{seed}/{kind}/{chunk}"))
@@ -489,7 +490,7 @@ def synthesise_kind(
         generator = torch.Generator().manual_seed(_seed(seed, "magpie", kind, "passage", chunk))
         requests = [chat.prompt_ids([Turn("user", PASSAGE_REQUEST.format(topic=s.passage_topic))]) for s in seeds]
         written = batched_generate(
-            target, requests, max_new_tokens=config.max_passage_tokens, temperature=config.temperature,
+            target, requests, max_new_tokens=config.max_passage_tokens, temperature=config.passage_temperature,
             stop_token_ids=chat.stop_token_ids, generator=generator, capture_features=False,
         )
         passages = [_whole_sentences(chat.decode(r.output_ids)) for r in written]
