@@ -6,6 +6,7 @@ registry, chat templates, progress bars); the stages themselves live in the libr
     python -m harness train distill  --work runs/smollm2-head
     python -m harness train train    --work runs/smollm2-head --out runs/smollm2-head/head
     python -m harness train evaluate --head runs/smollm2-head/head --questions 40
+    python -m harness train curve    --heads runs/smollm2-head/train/epochs/epoch-* --x epoch --out curve.json
 
 Every stage resumes: run the same command again after an interruption.
 """
