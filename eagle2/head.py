@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,14 @@ TORCH_NAME = "pytorch_model.bin"
 DRAFT_VOCAB_NAME = "draft_vocab.safetensors"
 
 
+class KeyValueStore(Protocol):
+    """What a head layer's attention needs from a cache: append this call's keys and values and
+    return all the keys and values to attend to (PositionIndexedLayer at draft time; the
+    unrolled-steps store of eagle2.train.unroll in training)."""
+
+    def update(self, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class DraftAttention(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -50,7 +59,7 @@ class DraftAttention(nn.Module):
         x: torch.Tensor,  # [b, q, H]
         rotary: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,  # [b or 1, 1, q, kv] additive, or None for plain causal
-        cache: PositionIndexedLayer | None,
+        cache: KeyValueStore | None,
     ) -> torch.Tensor:
         batch, length, _ = x.shape
         query = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -108,7 +117,7 @@ class DraftHead(nn.Module):
         features: torch.Tensor,  # [b, q, H] target (or drafted) features of the current positions
         positions: torch.Tensor,  # [b, q] long
         mask: torch.Tensor | None = None,  # [b or 1, 1, q, kv] additive; None = causal over the new rows
-        cache: list[PositionIndexedLayer] | None = None,
+        cache: list[PositionIndexedLayer] | list[KeyValueStore] | None = None,
     ) -> torch.Tensor:
         """Predicted next features, [b, q, H]."""
         x = self.fc(torch.cat((token_embeddings.to(features.dtype), features), dim=-1))

@@ -24,22 +24,24 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with native bfloat16 matmuls
 
 
-def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
-    """The CPU's native bfloat16 instruction sets (AMX-BF16, AVX512-BF16) from /proc/cpuinfo; [] elsewhere."""
+def cpu_bf16_flags(cpuinfo: str | None = None) -> tuple[str, ...]:
+    """The native-bfloat16 flags (AMX-BF16, AVX512-BF16) the CPU reports in /proc/cpuinfo (or in
+    the `cpuinfo` text given); () where there is none or no /proc/cpuinfo."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
                 cpuinfo = handle.read()
         except OSError:
-            return []
+            return ()
+    flags: set[str] = set()
     for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            return [flag for flag in CPU_BF16_FLAGS if flag in flags]
-    return []
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            flags.update(value.split())
+    return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
 
 
 def auto_dtype(device: str | torch.device, cpuinfo: str | None = None) -> tuple[torch.dtype, str]:

@@ -6,6 +6,7 @@ registry, chat templates, progress bars); the stages themselves live in the libr
     python -m harness train distill  --work runs/smollm2-head
     python -m harness train train    --work runs/smollm2-head --out runs/smollm2-head/head
     python -m harness train evaluate --head runs/smollm2-head/head --questions 40
+    python -m harness train curve    --heads runs/smollm2-head/train/epochs/epoch-* --x epoch --out curve.json
 
 Every stage resumes: run the same command again after an interruption.
 """
@@ -53,15 +54,19 @@ def progress_bar(total: int | None, desc: str, unit: str):
 def cmd_prompts(args: argparse.Namespace) -> None:
     from eagle2.train.prompts import MagpieConfig, PromptsConfig, SourceSpec, build_prompts
 
+    from eagle2.train.mix import default_mix_sources
+
+    sources = tuple(args.source) + (default_mix_sources(args.mix) if args.mix else ())
     config = PromptsConfig(
-        sources=tuple(args.source),
+        sources=sources,
         seed=args.seed,
         eval_sets=tuple(args.eval_sets),
+        eval_questions=tuple(args.eval_questions),
         drop_overlapping=args.drop_overlapping,
-        magpie=MagpieConfig(batch_size=args.magpie_batch_size),
+        magpie=MagpieConfig(batch_size=args.magpie_batch_size, max_passage_tokens=args.max_passage_tokens),
     )
     target = chat = None
-    magpie = sum(s.count or 0 for s in map(SourceSpec.parse, config.sources) if s.kind == "magpie")
+    magpie = sum(s.count or 0 for s in map(SourceSpec.parse, config.sources) if s.synthesised)
     if magpie:
         loaded, chat = load_target_and_chat(args)
         target = loaded.target
@@ -74,7 +79,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from eagle2.train.distill import DistillConfig, distill
+    from eagle2.train.distill import DistillConfig, cpu_bf16_flags, distill, resolve_generation_dtype
     from eagle2.train.prompts import read_prompts
 
     work = Path(args.work)
@@ -88,7 +93,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
         temperature=args.temperature,
         seed=args.seed,
         answers=args.answers,
+        generation_dtype=resolve_generation_dtype(args.generation_dtype, args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
     )
+    logger.info("distill: answers generated in %s (requested %s; CPU bfloat16 flags: %s)", config.generation_dtype, args.generation_dtype, ", ".join(cpu_bf16_flags()) or "none")
     loaded, chat = load_target_and_chat(args)
     bar = progress_bar(len(prompts), "distill", "prompt")
     started = time.perf_counter()
@@ -104,6 +111,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     values = {name: getattr(args, name) for name in asdict(TrainConfig())}
     values["betas"] = tuple(values["betas"])
     values["extra_distill"] = tuple(values["extra_distill"])
+    values["ttt_weights"] = tuple(values["ttt_weights"])
     config = TrainConfig(**values)
     loaded, chat = load_target_and_chat(args)
     bar = progress_bar(None, "train", "step")
@@ -122,6 +130,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         device=args.device,
         max_shards=args.max_shards,
         progress=progress,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     bar.close()
 
@@ -155,9 +164,105 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         atomic_write_json(Path(args.out), report)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+CURVE_X = {
+    # x of a head in a learning curve, read from its training.json
+    "tokens": ("distilled tokens", lambda summary: summary["data"]["all_tokens"]),
+    "epoch": ("epochs", lambda summary: summary.get("epochs_done", summary["config"]["epochs"])),
+    "pairs": ("training pairs", lambda summary: summary["data"]["train_pairs"]),
+}
+
+
+def head_training_summary(spec: str) -> dict:
+    """A trained head's training.json (folder or builtin:NAME); a missing one is an error naming it."""
+    from harness.models import builtin_head_path
+
+    folder = builtin_head_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else Path(spec)
+    path = folder / "training.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"head {spec!r} has no training.json ({path}); a learning curve needs heads trained by `python -m harness train train`")
+    return json.loads(path.read_text())
+
+
+def cmd_curve(args: argparse.Namespace) -> None:
+    """tau of each head on the same questions, against distilled tokens / epochs, as JSON and a PNG."""
+    from eagle2.train.evaluate import MethodConfig, measure, select_questions
+    from eagle2.train.io import atomic_write_json
+    from harness.models import load_head
+
+    x_label, x_of = CURVE_X[args.x]
+    summaries = [head_training_summary(spec) for spec in args.heads]
+    loaded, chat = load_target_and_chat(args)
+    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
+    questions = select_questions(question_file, args.questions)
+    method = MethodConfig.parse(args.method)
+    rows = []
+    for spec, summary in zip(args.heads, summaries):
+        head = load_head(spec, loaded.target)
+        results = measure(loaded.target, head, chat, questions, [method], [args.temperature], max_new_tokens=args.max_new_tokens, seed=args.seed)
+        result = results[f"T={args.temperature:g} {method.label()}"]
+        rows.append({
+            "head": spec,
+            "x": x_of(summary),
+            "tau": result["tau"],
+            "acceptance_by_depth": result["acceptance_by_depth"],
+            "heldout_top1": summary["heldout"]["top1"],
+            "heldout_step_top1": summary["heldout"].get("step_top1", []),
+            "distilled_tokens": summary["data"]["all_tokens"],
+            "epochs_done": summary.get("epochs_done"),
+            "ttt_steps": summary["config"].get("ttt_steps", 1),
+        })
+        logger.info("%s: x=%s tau=%.3f", spec, rows[-1]["x"], rows[-1]["tau"])
+    rows.sort(key=lambda row: row["x"])
+    report = {
+        "x": args.x,
+        "x_label": x_label,
+        "method": method.label(),
+        "temperature": args.temperature,
+        "question_file": str(question_file),
+        "questions": [q["question_id"] for q in questions],
+        "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed,
+        "rows": rows,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    out = Path(args.out)
+    atomic_write_json(out, report)
+    figure = Path(args.figure) if args.figure else out.with_suffix(".png")
+    plot_learning_curve(report, figure)
+    print(json.dumps([{k: row[k] for k in ("head", "x", "tau", "heldout_top1")} for row in rows], indent=2))
+
+
+def plot_learning_curve(report: dict, path: Path) -> None:
+    """tau (left) and held-out top-1 draft accuracy (right) against the report's x."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["rows"]
+    xs = [row["x"] for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    left.plot(xs, [row["tau"] for row in rows], marker="o")
+    left.set_ylabel(f"τ ({report['method']}, T = {report['temperature']:g})")
+    right.plot(xs, [row["heldout_top1"] for row in rows], marker="o", color="tab:orange")
+    right.set_ylabel("held-out top-1 draft accuracy")
+    for axis in (left, right):
+        axis.set_xlabel(report["x_label"])
+        axis.grid(alpha=0.3)
+        if report["x"] in ("tokens", "pairs") and len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 4:
+            axis.set_xscale("log")
+    fig.suptitle(f"{len(report['questions'])} questions, {report['max_new_tokens']} new tokens")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, dtype_flag: str = "--dtype") -> None:
     parser.add_argument("--model", default="embedded", help="target: embedded (SmolLM2-135M-Instruct), a folder, a hub id or a .gguf path")
-    parser.add_argument("--dtype", default="auto", help="target dtype (auto = float32 for GGUF)")
+    parser.add_argument(dtype_flag, dest="dtype", default="auto", help="target dtype, as the engine runs it (auto = float32 for GGUF)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where transformers puts it)")
     parser.add_argument("--chat-template", default="tokenizer", help="'tokenizer' (its own template, as the suites use) or a FastChat template name")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (on a shared CPU, 1 per process avoids OpenMP spin-waiting)")
@@ -169,9 +274,17 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
 
     p = stages.add_parser("prompts", help="collect and overlap-check training prompts")
     p.add_argument("--work", required=True, help="work folder (all stages' outputs)")
-    p.add_argument("--source", action="append", default=[], help="shared:NAME[:N], file:PATH[:N] or magpie:N (repeatable)")
+    p.add_argument("--source", action="append", default=[],
+                   help="shared:NAME[:N], file:PATH[:N], magpie:N, magpie:KIND:N (writing, roleplay, reasoning, math, code, translation, "
+                   "open_qa, summarisation, long_context_qa, extraction) or multiturn:N (repeatable)")
+    p.add_argument("--mix", type=int, default=0, metavar="TOTAL",
+                   help="add the default mix of every shared set and every synthesised kind for about TOTAL prompts (eagle2.train.mix.DEFAULT_MIX)")
+    p.add_argument("--max-passage-tokens", type=int, default=384, help="passage kinds: length cap of the passage the target writes")
     p.add_argument("--data-dir", default=str(default_data_dir()), help="shared data folder (default $EAGLE2_DATA_DIR or ../shared/data)")
-    p.add_argument("--eval-sets", nargs="+", default=["mt_bench", "gsm8k_test", "humaneval"], help="evaluation sets to check for overlap")
+    p.add_argument("--eval-sets", nargs="+", default=["mt_bench", "gsm8k_test", "humaneval"], help="named evaluation sets to check for overlap: mt_bench, gsm8k_test, humaneval, spec_bench (<data-dir>/spec_bench/question.jsonl)")
+    p.add_argument("--eval-questions", action="append", default=[], metavar="FILE",
+                   help="a further evaluation question file to keep out of training (repeatable): Spec-Bench/MT-bench question.jsonl "
+                   "(turns), GSM8K (question), HumanEval (prompt) or rows with text/instruction")
     p.add_argument("--drop-overlapping", action="store_true", help="drop overlapping prompts (listed in the summary) instead of refusing")
     p.add_argument("--magpie-batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -190,7 +303,10 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--answers", choices=["generate", "reference"], default="generate",
                    help="generate: the target answers (self-distillation); reference: teacher-force the sources' own answers (~10x cheaper)")
     p.add_argument("--worker", default="0/1", help="i/n: generate only shards i, i+n, ... (run n processes to share the work)")
-    add_model_arguments(p)
+    p.add_argument("--dtype", dest="generation_dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype the answers are generated in (auto: bfloat16 on CUDA or a CPU with AMX/AVX512-BF16, else float32); "
+                   "the features are always the target's in --engine-dtype")
+    add_model_arguments(p, dtype_flag="--engine-dtype")
     p.set_defaults(func=cmd_distill)
 
     p = stages.add_parser("train", help="train the draft head on the distilled records")
@@ -199,11 +315,18 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     for name, value in asdict(TrainConfig()).items():
         if name == "extra_distill":
             p.add_argument("--extra-distill", nargs="*", default=[], help="more distill folders, for training only")
+        elif name == "ttt_weights":
+            p.add_argument("--ttt-weights", type=float, nargs="*", default=[], help="loss weight of each unrolled step (default ttt_decay**j)")
+        elif name == "ttt_steps":
+            p.add_argument("--ttt-steps", type=int, default=value, help="training-time test: draft steps unrolled per position (1 = plain EAGLE)")
+        elif isinstance(value, bool):
+            p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=value)
         elif isinstance(value, tuple):
             p.add_argument(f"--{name.replace('_', '-')}", type=float, nargs=len(value), default=list(value))
         else:
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--max-shards", type=int, default=None, help="use only the first N shards")
+    p.add_argument("--state-dir", default=None, help="checkpoint/log folder (default WORK/train); give each run over the same WORK its own")
     add_model_arguments(p)
     p.set_defaults(func=cmd_train)
 
@@ -220,3 +343,18 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--full-vocab", action="store_true", help="draft over the whole vocabulary, ignoring the head's reduced draft vocabulary")
     add_model_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = stages.add_parser("curve", help="learning curve: tau of a series of heads (per epoch, per data size) on the same questions, JSON + PNG")
+    p.add_argument("--heads", nargs="+", required=True, help="head folders with training.json (e.g. WORK/train/epochs/epoch-*, or heads trained with --max-shards N)")
+    p.add_argument("--x", choices=sorted(CURVE_X), default="tokens", help="the x axis, from each head's training.json")
+    p.add_argument("--questions", type=int, default=32)
+    p.add_argument("--question-file", default=None, help="default: <data-dir>/mt_bench/question.jsonl (first turns)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--method", default="eagle2", help="eagle2[:DEPTH/TOPK/TOTAL] (default: the official tree 6/10/60) or eagle1[:TREE]")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSON report")
+    p.add_argument("--figure", default=None, help="PNG (default: the report's path with .png)")
+    add_model_arguments(p)
+    p.set_defaults(func=cmd_curve)

@@ -446,3 +446,134 @@ def test_the_checkpoint_loads_tensors_only_and_a_planted_pickle_is_refused(tmp_p
     with pytest.raises(ValueError, match="checkpoint.pt"):
         run_pipeline(work, data_dir, target)
     assert not marker.exists()
+
+
+# ---------------------------------------------------------------- bfloat16 distillation
+
+
+CPUINFO_BF16 = "processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+CPUINFO_PLAIN = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n"
+
+
+def test_bfloat16_flags_are_read_from_cpuinfo_and_auto_follows_them() -> None:
+    from eagle2.train.distill import cpu_bf16_flags, resolve_generation_dtype
+
+    assert cpu_bf16_flags(CPUINFO_BF16) == ("amx_bf16", "avx512_bf16")
+    assert cpu_bf16_flags(CPUINFO_PLAIN) == ()
+    assert resolve_generation_dtype("auto", "cpu", cpuinfo=CPUINFO_BF16) == "bfloat16"
+    assert resolve_generation_dtype("auto", "cpu", cpuinfo=CPUINFO_PLAIN) == "float32"
+    assert resolve_generation_dtype("auto", "cuda", cpuinfo=CPUINFO_PLAIN) == "bfloat16"
+    assert resolve_generation_dtype("float32", "cuda") == "float32"
+    with pytest.raises(ValueError, match="unknown generation dtype 'fp8'"):
+        resolve_generation_dtype("fp8", "cpu")
+    with pytest.raises(ValueError, match="generation_dtype must be"):
+        DistillConfig(generation_dtype="int4")
+
+
+def test_bfloat16_generation_keeps_the_features_of_the_target_in_its_own_dtype(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    prompt_file = write_prompt_file(tmp_path / "user.jsonl", [f"Question number {i}: say something." for i in range(5)])
+    prompts = read_prompts(build_prompts(PromptsConfig(sources=(f"file:{prompt_file}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir))
+    config = DistillConfig(max_new_tokens=10, batch_size=4, shard_size=8, sampled_fraction=0.4, generation_dtype="bfloat16", feature_dtype="float64", prefill_tokens=40)
+    distill(target, CharChat(), prompts, tmp_path / "work" / "distill", config)
+    records = load_records(tmp_path / "work" / "distill")
+    assert len(records) == 5
+    for record in records:
+        # The features are the float64 target's on the (bfloat16-generated) tokens, not the copy's.
+        expected = target.forward(record.tokens[:-1], target.new_cache(len(record.tokens) + 1)).hidden
+        torch.testing.assert_close(record.features, expected, atol=1e-9, rtol=1e-7)
+    summary = json.loads((tmp_path / "work" / "distill" / "distill.summary.json").read_text())
+    assert summary["dtypes"] == {"generation": "bfloat16", "features_computed_in": "float64", "features_stored_as": "float64"}
+    manifest = json.loads((tmp_path / "work" / "distill" / "distill.config.json").read_text())
+    assert manifest["generation_dtype"] == "bfloat16"
+    # The same target generating itself ("target") captures the features during generation.
+    same = DistillConfig(max_new_tokens=10, batch_size=4, shard_size=8, sampled_fraction=0.4)
+    distill(target, CharChat(), prompts, tmp_path / "same" / "distill", same)
+    stored = json.loads((tmp_path / "same" / "distill" / "distill.summary.json").read_text())["dtypes"]
+    assert stored == {"generation": "float64", "features_computed_in": "float64", "features_stored_as": "float16"}
+
+
+# ---------------------------------------------------------------- evaluation question files
+
+
+SPEC_BENCH_TURN = "Translate the following sentence into German: the early train leaves from platform nine."
+
+
+def write_spec_bench(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"question_id": "translation_1", "category": "translation", "turns": [SPEC_BENCH_TURN]},
+        {"question_id": "qa_7", "category": "qa", "turns": ["Who wrote the novel Middlemarch?", "And when was it published?"]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        SPEC_BENCH_TURN,
+        "  translate the FOLLOWING sentence into german -- the early train leaves from platform nine ",  # equal after normalisation
+        "who wrote the novel middlemarch",  # a short first turn, exact
+        "And when was it published?",  # a second turn
+    ],
+)
+def test_a_spec_bench_question_given_as_an_evaluation_file_is_refused(tmp_path: Path, data_dir: Path, text: str) -> None:
+    spec = write_spec_bench(tmp_path / "spec_bench" / "question.jsonl")
+    prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", text])
+    config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",), eval_questions=(str(spec),))
+    with pytest.raises(ContaminationError, match=r"file-mine/1 ~ spec_bench/(translation_1|qa_7\.[12]) \(exact\)"):
+        build_prompts(config, tmp_path / "work", data_dir)
+    # Without the file the same prompt passes: the refusal comes from the question file.
+    build_prompts(PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",)), tmp_path / "clean", data_dir)
+
+
+def test_question_files_of_every_evaluation_format_are_indexed(tmp_path: Path, data_dir: Path) -> None:
+    from eagle2.train.prompts import EvalIndex, add_question_file
+
+    gsm = tmp_path / "gsm8k_test.jsonl"
+    gsm.write_text(json.dumps({"question": "A farmer has 12 cows and buys 5 more; how many cows now?", "answer": "#### 17"}) + "\n")
+    humaneval = tmp_path / "HumanEval.jsonl"
+    humaneval.write_text(json.dumps({"task_id": "HumanEval/99", "prompt": "def closest_integer(value):\n    '''Return the closest integer.'''\n"}) + "\n")
+    plain = tmp_path / "mine.json"
+    plain.write_text(json.dumps([{"instruction": "Summarise this passage", "input": "The quick brown fox."}]))
+    index = EvalIndex()
+    assert add_question_file(index, gsm) == 1 and add_question_file(index, humaneval) == 1 and add_question_file(index, plain) == 1
+    assert index.find("a farmer has 12 cows and buys 5 more how many cows now") == ("gsm8k_test/0", "exact")
+    assert index.find("def closest_integer(value):\n    '''Return the closest integer.'''") == ("HumanEval/HumanEval/99", "exact")
+    assert index.find("Summarise this passage\n\nThe quick brown fox.") == ("mine/0", "exact")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"answer": "4"}) + "\n")
+    with pytest.raises(ValueError, match=r"row 0 has none of the question fields turns, question, prompt, text, instruction; keys: \['answer'\]"):
+        add_question_file(EvalIndex(), bad)
+    with pytest.raises(FileNotFoundError, match="evaluation question file .*missing.jsonl does not exist"):
+        add_question_file(EvalIndex(), tmp_path / "missing.jsonl")
+    # spec_bench as a named set reads <data-dir>/spec_bench/question.jsonl.
+    write_spec_bench(data_dir / "spec_bench" / "question.jsonl")
+    assert build_eval_index(data_dir, ("spec_bench",)).counts == {"spec_bench": 3}
+
+
+def test_the_prompts_stage_cli_takes_evaluation_question_files(tmp_path: Path, data_dir: Path, capsys) -> None:
+    from harness.__main__ import main
+
+    spec = write_spec_bench(tmp_path / "spec_bench" / "question.jsonl")
+    prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", SPEC_BENCH_TURN])
+    args = ["train", "prompts", "--work", str(tmp_path / "work"), "--source", f"file:{prompts}", "--data-dir", str(data_dir), "--eval-sets", "mt_bench"]
+    assert main([*args, "--eval-questions", str(spec), "--eval-questions", str(tmp_path / "spec_bench" / "question.jsonl")]) == 2
+    assert "spec_bench/translation_1" in capsys.readouterr().err
+    assert main(["-q", *args, "--eval-questions", str(spec), "--drop-overlapping"]) == 0
+    summary = json.loads((tmp_path / "work" / "prompts.summary.json").read_text())
+    assert summary["overlaps_dropped"][0]["eval_item"] == "spec_bench/translation_1" and summary["eval_texts_indexed"]["spec_bench"] == 3
+
+
+def test_a_time_budget_stops_training_with_a_head_and_a_rerun_finishes_it(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    whole = run_pipeline(tmp_path / "a" / "work", data_dir, target)
+    work = tmp_path / "b" / "work"
+    early = run_pipeline(work, data_dir, target, train_config=replace(SMALL_TRAIN, max_seconds=1e-9))
+    summary = json.loads((early / "training.json").read_text())
+    assert summary["stopped_by_time_budget"] is True and summary["steps"] == 1
+    assert json.loads((early / "config.json").read_text())["eagle2_training"]["steps"] == 1
+    finished = run_pipeline(work, data_dir, target)  # no budget: continues from the checkpoint
+    assert json.loads((finished / "training.json").read_text())["stopped_by_time_budget"] is False
+    a, b = DraftHead.from_pretrained(whole), DraftHead.from_pretrained(finished)
+    for key, value in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[key], value, atol=0, rtol=0)

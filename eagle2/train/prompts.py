@@ -7,10 +7,20 @@ Sources (any mix, each with an optional count):
   `text`) or ShareGPT-style conversations (`conversations`/`messages` with the first human turn used),
   as JSONL or one JSON array;
 * `magpie:N` - N prompts the target writes itself (Magpie): it is given its chat template's
-  pre-query prefix (everything before a user message's text) and samples the user turn.
+  pre-query prefix (everything before a user message's text) and samples the user turn;
+* `magpie:KIND:N` - N prompts of one kind (writing, roleplay, reasoning, math, code, translation,
+  open_qa, summarisation, long_context_qa, extraction), synthesised from seeded openings or over a
+  passage the target writes first (eagle2.train.mix);
+* `multiturn:N` - N two-turn conversations: a Magpie first turn and a follow-up that refers to the
+  first answer (the distill stage has the target answer both).
+
+Every prompt carries its kind (eagle2.train.mix: shared sets by what they hold, `file` for files);
+the summary counts prompts per source and per kind.
 
 Every prompt is checked against the evaluation sets (MT-bench turns, GSM8K test questions,
-HumanEval prompts): a prompt whose normalised text (case folded, punctuation dropped, whitespace
+HumanEval prompts, Spec-Bench questions, and any question file given as an evaluation set with
+`eval_questions`: Spec-Bench / MT-bench `question.jsonl` rows with `turns`, GSM8K rows with
+`question`, HumanEval rows with `prompt`, or rows with `text` / `instruction`): a prompt whose normalised text (case folded, punctuation dropped, whitespace
 collapsed) equals or contains an evaluation text, or shares a 13-word n-gram with one (the GPT-3
 decontamination rule), is an overlap. Overlaps make the stage refuse (ContaminationError) unless
 `drop_overlapping` is set, in which case they are dropped and listed in the stage's summary.
@@ -33,6 +43,7 @@ import torch
 from eagle2.target import TargetModel
 from eagle2.train.generation import batched_generate
 from eagle2.train.io import atomic_write_json, atomic_write_jsonl, check_manifest, read_jsonl
+from eagle2.train.mix import MAGPIE_KINDS, PASSAGE_KINDS, PASSAGE_REQUEST, SHARED_KINDS, draw_seeds, follow_up, join_opening, kind_counts
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +55,9 @@ SHARED_SETS = {
     "gpteacher_codegen": "train/gpteacher/codegen-instruct.json",
     "gpteacher_roleplay": "train/gpteacher/roleplay-simple-deduped-roleplay-instruct.json",
 }
-EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")
+EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")  # checked by default
+KNOWN_EVAL_SETS = (*EVAL_SETS, "spec_bench")  # spec_bench: <data>/spec_bench/question.jsonl
+QUESTION_FIELDS = ("turns", "question", "prompt", "text", "instruction")  # read from evaluation question files
 NGRAM = 13  # words; shared n-grams of this length count as overlap
 MIN_CONTAINED_WORDS = 6  # an evaluation text this long (or longer) found inside a prompt is an overlap
 
@@ -73,6 +86,9 @@ class ChatFormat(Protocol):
         the first stop token (the end-of-turn marker)."""
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of plain text (no special tokens), e.g. the opening of a user turn."""
 
 
 class TemplateChat:
@@ -110,6 +126,9 @@ class TemplateChat:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False).input_ids)
+
 
 @dataclass(frozen=True)
 class Prompt:
@@ -117,6 +136,13 @@ class Prompt:
     source: str
     prompt: str
     response: str | None = None  # the source's own answer, when it has one (for teacher-forced distillation)
+    kind: str = ""  # eagle2.train.mix kinds ("" in prompt files written before kinds existed)
+    # Later user turns (multi-turn chat): the target answers `prompt`, then each of these in turn;
+    # the distilled record is its answer to the last one, in the whole conversation.
+    follow_ups: tuple[str, ...] = ()
+
+    def turns(self) -> list[str]:
+        return [self.prompt, *self.follow_ups]
 
 
 class ContaminationError(ValueError):
@@ -197,9 +223,48 @@ def build_eval_index(data_dir: Path, eval_sets: Sequence[str] = EVAL_SETS) -> Ev
 
             for task_id, problem in read_problems().items():
                 index.add(f"humaneval/{task_id}", problem["prompt"])
+        elif name == "spec_bench":
+            path = data_dir / "spec_bench" / "question.jsonl"
+            _require(path, name)
+            add_question_file(index, path, label="spec_bench")
         else:
-            raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(EVAL_SETS)}")
+            raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(KNOWN_EVAL_SETS)} (or give a question file with --eval-questions)")
     return index
+
+
+def question_file_label(path: Path) -> str:
+    """A label for an evaluation question file: its folder's name for `question.jsonl` (e.g.
+    spec_bench), else the file's stem."""
+    return path.parent.name if path.stem == "question" and path.parent.name else path.stem
+
+
+def add_question_file(index: EvalIndex, path: Path, *, label: str | None = None) -> int:
+    """Index every question of an evaluation file (JSONL, or one JSON array): each text in `turns`
+    (Spec-Bench / MT-bench format) or the row's `question` / `prompt` / `text` / `instruction`
+    (+ `input`). Returns the number of texts indexed; a row with none of these fields is an error."""
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation question file {path} does not exist")
+    label = label or question_file_label(path)
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    added = 0
+    for number, row in enumerate(rows):
+        item = row.get("question_id", row.get("task_id", row.get("id", number))) if isinstance(row, dict) else number
+        if isinstance(row, str):
+            texts = [row]
+        elif isinstance(row.get("turns"), list):
+            texts = [str(t) for t in row["turns"]]
+        else:
+            key = next((k for k in QUESTION_FIELDS[1:] if row.get(k)), None)
+            if key is None:
+                raise ValueError(f"{path}: row {number} has none of the question fields {', '.join(QUESTION_FIELDS)}; keys: {sorted(row)}")
+            texts = [_join(str(row[key]), row.get("input") if key == "instruction" else None)]
+        for turn_number, turn in enumerate(texts, 1):
+            index.add(f"{label}/{item}" + (f".{turn_number}" if len(texts) > 1 else ""), turn)
+            added += 1
+    if not added:
+        raise ValueError(f"evaluation question file {path} holds no questions")
+    return added
 
 
 def _require(path: Path, name: str) -> None:
@@ -213,7 +278,8 @@ def _require(path: Path, name: str) -> None:
 def find_overlaps(prompts: Iterable[Prompt], index: EvalIndex) -> list[Overlap]:
     found = []
     for prompt in prompts:
-        hit = index.find(prompt.prompt) or (index.find(prompt.response) if prompt.response else None)
+        texts = [*prompt.turns(), *([prompt.response] if prompt.response else [])]
+        hit = next((found for found in map(index.find, texts) if found is not None), None)
         if hit is not None:
             found.append(Overlap(prompt.id, hit[0], hit[1]))
     return found
@@ -224,19 +290,26 @@ def find_overlaps(prompts: Iterable[Prompt], index: EvalIndex) -> list[Overlap]:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    kind: str  # "shared" | "file" | "magpie"
-    name: str  # shared set name, file path, or "magpie"
+    kind: str  # "shared" | "file" | "magpie" | "multiturn"
+    name: str  # shared set name, file path, "magpie" (general Magpie), a Magpie kind, or "multiturn"
     count: int | None  # None = all
 
     @staticmethod
     def parse(text: str) -> "SourceSpec":
         kind, _, rest = text.partition(":")
         if kind == "magpie":
+            name, _, number = rest.rpartition(":")
+            if not number.isdigit():
+                raise ValueError(f"source {text!r}: write magpie:N or magpie:KIND:N with N the number of prompts to synthesise; kinds: {', '.join(MAGPIE_KINDS)}")
+            if name and name not in MAGPIE_KINDS:
+                raise ValueError(f"source {text!r}: unknown Magpie kind {name!r}; kinds: {', '.join(MAGPIE_KINDS)}")
+            return SourceSpec("magpie", "magpie" if name in ("", "general") else name, int(number))
+        if kind == "multiturn":
             if not rest.isdigit():
-                raise ValueError(f"source {text!r}: write magpie:N with N the number of prompts to synthesise")
-            return SourceSpec("magpie", "magpie", int(rest))
+                raise ValueError(f"source {text!r}: write multiturn:N with N the number of conversations to synthesise")
+            return SourceSpec("multiturn", "multiturn", int(rest))
         if kind not in ("shared", "file") or not rest:
-            raise ValueError(f"source {text!r}: use shared:NAME[:N], file:PATH[:N] or magpie:N; shared sets: {', '.join(SHARED_SETS)}")
+            raise ValueError(f"source {text!r}: use shared:NAME[:N], file:PATH[:N], magpie:[KIND:]N or multiturn:N; shared sets: {', '.join(SHARED_SETS)}")
         name, count = rest, None
         head, _, tail = rest.rpartition(":")
         if head and tail.isdigit():
@@ -246,7 +319,23 @@ class SourceSpec:
         return SourceSpec(kind, name, count)
 
     def label(self) -> str:
-        return self.name if self.kind != "file" else f"file-{Path(self.name).stem}"
+        if self.kind == "file":
+            return f"file-{Path(self.name).stem}"
+        if self.kind == "magpie" and self.name != "magpie":
+            return f"magpie-{self.name}"
+        return self.name
+
+    def prompt_kind(self) -> str:
+        """The kind of this source's prompts."""
+        if self.kind == "shared":
+            return SHARED_KINDS[self.name]
+        if self.kind == "magpie":
+            return "general" if self.name == "magpie" else self.name
+        return self.kind  # "file" | "multiturn"
+
+    @property
+    def synthesised(self) -> bool:
+        return self.kind in ("magpie", "multiturn")
 
 
 def _join(instruction: str, extra: str | None) -> str:
@@ -331,6 +420,9 @@ class MagpieConfig:
     max_query_tokens: int = 128  # a query longer than this is discarded
     temperature: float = 1.0
     min_chars: int = 12  # shorter queries are discarded
+    max_passage_tokens: int = 384  # passage kinds: length cap of the passage the target writes
+    min_passage_chars: int = 200  # shorter passages are discarded
+    passage_temperature: float = 0.7  # passages are sampled cooler than queries: they are the facts the prompt is about
 
 
 def synthesise_magpie(
@@ -346,42 +438,115 @@ def synthesise_magpie(
     """Sample user queries from the pre-query prefix until `count` usable ones exist (resumable:
     each batch is one chunk file, and chunks already on disk are read, not regenerated)."""
     prefix = chat.pre_query_ids()
+
+    def produce(chunk: int) -> list[str]:
+        generator = torch.Generator().manual_seed(_seed(seed, "magpie", chunk))
+        results = batched_generate(
+            target,
+            [prefix] * config.batch_size,
+            max_new_tokens=config.max_query_tokens,
+            temperature=config.temperature,
+            stop_token_ids=chat.stop_token_ids,
+            generator=generator,
+            capture_features=False,
+        )
+        return [chat.decode(r.output_ids).strip() for r in results if r.stopped]
+
+    return _collect_chunks(count, folder, produce, config, progress, what="Magpie")
+
+
+def synthesise_kind(
+    target: TargetModel,
+    chat: ChatFormat,
+    kind: str,
+    count: int,
+    folder: Path,
+    *,
+    seed: int,
+    config: MagpieConfig = MagpieConfig(),
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """`count` prompts of a Magpie kind (eagle2.train.mix), resumable like synthesise_magpie: one
+    chunk file per batch of seeds; a kind's chunks are a function of (seed, kind, chunk number)."""
+    prefix = chat.pre_query_ids()
+
+    def continue_user_turns(openings: list[str], chunk: int, stage: str) -> list[str]:
+        generator = torch.Generator().manual_seed(_seed(seed, "magpie", kind, stage, chunk))
+        results = batched_generate(
+            target,
+            [prefix + chat.encode(opening.rstrip()) if opening else prefix for opening in openings],
+            max_new_tokens=config.max_query_tokens,
+            temperature=config.temperature,
+            stop_token_ids=chat.stop_token_ids,
+            generator=generator,
+            capture_features=False,
+        )
+        return [join_opening(opening.rstrip(), chat.decode(r.output_ids)) if r.stopped else "" for opening, r in zip(openings, results)]
+
+    def produce(chunk: int) -> list[str]:
+        seeds = draw_seeds(kind, config.batch_size, random.Random(f"{seed}/{kind}/{chunk}"))
+        if kind not in PASSAGE_KINDS:
+            return continue_user_turns([s.opening for s in seeds], chunk, "query")
+        generator = torch.Generator().manual_seed(_seed(seed, "magpie", kind, "passage", chunk))
+        requests = [chat.prompt_ids([Turn("user", PASSAGE_REQUEST.format(topic=s.passage_topic))]) for s in seeds]
+        written = batched_generate(
+            target, requests, max_new_tokens=config.max_passage_tokens, temperature=config.passage_temperature,
+            stop_token_ids=chat.stop_token_ids, generator=generator, capture_features=False,
+        )
+        passages = [_whole_sentences(chat.decode(r.output_ids)) for r in written]
+        kept = [(s, p) for s, p in zip(seeds, passages) if len(p) >= config.min_passage_chars]
+        if kind == "long_context_qa":
+            return continue_user_turns([s.template.format(passage=p) for s, p in kept], chunk, "question")
+        return [s.template.format(passage=p) for s, p in kept]
+
+    return _collect_chunks(count, folder, produce, config, progress, what=f"Magpie ({kind})")
+
+
+def _whole_sentences(text: str) -> str:
+    """The text up to its last sentence end (a passage cut by the token limit loses its last fragment)."""
+    text = text.strip()
+    end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("!"), text.rfind("?"))
+    if text.endswith((".", "!", "?")):
+        return text
+    return text[: end + 1].strip() if end > 0 else text
+
+
+def _collect_chunks(
+    count: int,
+    folder: Path,
+    produce: Callable[[int], list[str]],
+    config: MagpieConfig,
+    progress: Callable[[int], None] | None,
+    *,
+    what: str,
+) -> list[str]:
+    """Call produce(chunk) for chunk 0, 1, ... (a chunk on disk is read instead) until `count`
+    distinct prompts of at least min_chars exist."""
     folder.mkdir(parents=True, exist_ok=True)
-    queries: list[str] = []
+    prompts: list[str] = []
     seen: set[str] = set()
     chunk = 0
     attempts_without_gain = 0
-    while len(queries) < count:
+    while len(prompts) < count:
         path = folder / f"chunk-{chunk:05d}.jsonl"
         if path.is_file():
             texts = [row["prompt"] for row in read_jsonl(path)]
         else:
-            generator = torch.Generator().manual_seed(_seed(seed, "magpie", chunk))
-            results = batched_generate(
-                target,
-                [prefix] * config.batch_size,
-                max_new_tokens=config.max_query_tokens,
-                temperature=config.temperature,
-                stop_token_ids=chat.stop_token_ids,
-                generator=generator,
-                capture_features=False,
-            )
-            texts = [chat.decode(r.output_ids).strip() for r in results if r.stopped]
-            texts = [t for t in texts if len(t) >= config.min_chars]
+            texts = [t for t in produce(chunk) if len(t) >= config.min_chars]
             atomic_write_jsonl(path, [{"prompt": t} for t in texts])
-        before = len(queries)
+        before = len(prompts)
         for text in texts:
             key = normalize(text)
-            if key and key not in seen and len(queries) < count:
+            if key and key not in seen and len(prompts) < count:
                 seen.add(key)
-                queries.append(text)
+                prompts.append(text)
         if progress is not None:
-            progress(len(queries) - before)
-        attempts_without_gain = 0 if len(queries) > before else attempts_without_gain + 1
+            progress(len(prompts) - before)
+        attempts_without_gain = 0 if len(prompts) > before else attempts_without_gain + 1
         if attempts_without_gain >= 5:
-            raise RuntimeError(f"Magpie synthesis produced no new usable query in 5 batches ({len(queries)}/{count}); check the chat template")
+            raise RuntimeError(f"{what} synthesis produced no new usable prompt in 5 batches ({len(prompts)}/{count}); check the chat template")
         chunk += 1
-    return queries
+    return prompts
 
 
 def _seed(seed: int, *parts: object) -> int:
@@ -397,6 +562,7 @@ class PromptsConfig:
     sources: tuple[str, ...]  # SourceSpec strings, e.g. ("shared:gsm8k_train:500", "magpie:300")
     seed: int = 0  # which subset of each source is taken; Magpie's sampling seed
     eval_sets: tuple[str, ...] = EVAL_SETS  # evaluation sets checked for overlap
+    eval_questions: tuple[str, ...] = ()  # further evaluation question files (add_question_file) checked for overlap
     drop_overlapping: bool = False  # False: refuse on any overlap; True: drop and list them
     magpie: MagpieConfig = MagpieConfig()
 
@@ -413,7 +579,7 @@ def build_prompts(
     """Write out_dir/prompts.jsonl (Prompt rows) and prompts.summary.json; skip if already done."""
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / "prompts.jsonl"
-    check_manifest(out_dir / "prompts.config.json", asdict(config), "prompts", outputs=[output, out_dir / "magpie"])
+    check_manifest(out_dir / "prompts.config.json", asdict(config), "prompts", outputs=[output, out_dir / "magpie", out_dir / "multiturn", *out_dir.glob("magpie-*")])
     if output.is_file():
         logger.info("prompts: %s exists, skipping", output)
         return output
@@ -421,6 +587,8 @@ def build_prompts(
     if not specs:
         raise ValueError("no prompt sources given; use e.g. --source shared:gsm8k_train:500 --source magpie:200")
     index = build_eval_index(data_dir, config.eval_sets)
+    for path in config.eval_questions:
+        add_question_file(index, Path(path))
     prompts: list[Prompt] = []
     for spec in specs:
         if spec.kind == "shared":
@@ -429,15 +597,21 @@ def build_prompts(
             items = read_prompt_file(Path(spec.name))
         else:
             if target is None or chat is None:
-                raise ValueError("magpie synthesis needs the target model and its chat format")
-            queries = synthesise_magpie(target, chat, spec.count or 0, out_dir / "magpie", seed=config.seed, config=config.magpie, progress=progress)
+                raise ValueError(f"source {spec.label()}: synthesis needs the target model and its chat format")
+            if spec.name in ("magpie", "multiturn"):
+                # multiturn first turns are plain Magpie queries of their own (folder and seed).
+                folder, magpie_seed = (out_dir / "magpie", config.seed) if spec.name == "magpie" else (out_dir / "multiturn", _seed(config.seed, "multiturn"))
+                queries = synthesise_magpie(target, chat, spec.count or 0, folder, seed=magpie_seed, config=config.magpie, progress=progress)
+            else:
+                queries = synthesise_kind(target, chat, spec.name, spec.count or 0, out_dir / spec.label(), seed=config.seed, config=config.magpie, progress=progress)
             items = [(q, None) for q in queries]
         for number, (text, response) in _subset(items, spec.count, config.seed, spec.label()):
-            prompts.append(Prompt(id=f"{spec.label()}/{number}", source=spec.label(), prompt=text, response=response))
-    # Exact duplicates across sources are kept once.
+            follow_ups = (follow_up(random.Random(f"{config.seed}/follow-up/{number}")),) if spec.kind == "multiturn" else ()
+            prompts.append(Prompt(id=f"{spec.label()}/{number}", source=spec.label(), prompt=text, response=response, kind=spec.prompt_kind(), follow_ups=follow_ups))
+    # Exact duplicates across sources are kept once (a conversation counts by all its user turns).
     unique: dict[str, Prompt] = {}
     for prompt in prompts:
-        unique.setdefault(normalize(prompt.prompt), prompt)
+        unique.setdefault(normalize("\n".join(prompt.turns())), prompt)
     duplicates = len(prompts) - len(unique)
     prompts = list(unique.values())
     overlaps = find_overlaps(prompts, index)
@@ -454,6 +628,7 @@ def build_prompts(
     summary = {
         "prompts": len(kept),
         "by_source": {s: sum(p.source == s for p in kept) for s in sorted({p.source for p in kept})},
+        "by_kind": kind_counts([p.kind for p in kept]),
         "duplicates_removed": duplicates,
         "eval_texts_indexed": index.counts,
         "overlaps_dropped": [asdict(o) for o in overlaps],
@@ -465,4 +640,4 @@ def build_prompts(
 
 
 def read_prompts(path: Path) -> list[Prompt]:
-    return [Prompt(**row) for row in read_jsonl(path)]
+    return [Prompt(**{**row, "follow_ups": tuple(row.get("follow_ups", ()))}) for row in read_jsonl(path)]

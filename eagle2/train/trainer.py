@@ -43,6 +43,7 @@ from eagle2.train.dataset import (
     split,
 )
 from eagle2.train.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_manifest
+from eagle2.train.unroll import step_weights, unroll
 
 logger = logging.getLogger(__name__)
 
@@ -78,23 +79,63 @@ class TrainConfig:
     # their records whose id falls in the held-out split are left out, so no held-out prompt is seen.
     extra_distill: tuple[str, ...] = ()
     save_dtype: str = "float16"  # dtype of the saved weights (loaded back as float32)
+    # Training-time test (eagle2.train.unroll): draft steps unrolled per position (1 = the plain
+    # EAGLE objective), loss weight of step j (ttt_decay**j unless ttt_weights lists one per
+    # step), and whether the fed-back predicted features are cut from the gradient.
+    ttt_steps: int = 1
+    ttt_decay: float = 0.8  # the official EAGLE-3 training's 0.8**j
+    ttt_weights: tuple[float, ...] = ()
+    ttt_detach: bool = False
+    # Also write the head after every epoch to work/train/epochs/epoch-NNN (official layout, with
+    # its training.json), for learning curves over epochs.
+    save_epoch_heads: bool = False
+    # Time budget of this invocation in seconds (0 = none): training stops after the step that
+    # crosses it, checkpoints, evaluates and writes the head (summary: stopped_by_time_budget);
+    # run again (with the same settings) to continue.
+    max_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.heldout_fraction < 1.0:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        step_weights(self.ttt_steps, self.ttt_decay, self.ttt_weights)  # raises on a bad combination
+
+    @property
+    def resolved_step_weights(self) -> tuple[float, ...]:
+        return step_weights(self.ttt_steps, self.ttt_decay, self.ttt_weights)
 
 
 @dataclass(frozen=True)
 class Losses:
-    feature: float
+    feature: float  # step 0 (the plain EAGLE objective), comparable across ttt_steps
     ce: float
-    total: float
-    top1: float  # draft argmax (over the draft vocabulary) == the target's argmax over the full vocabulary
+    total: float  # the trained objective: weighted sum over the unrolled steps
+    top1: float  # step 0: draft argmax (over the draft vocabulary) == the target's argmax over the full vocabulary
     pairs: int
+    # Per unrolled step j (training-time test; one entry when ttt_steps = 1): the same measures,
+    # step j predicting f_{t+j+1} from the head's own step-(j-1) feature.
+    step_feature: tuple[float, ...] = ()
+    step_ce: tuple[float, ...] = ()
+    step_top1: tuple[float, ...] = ()
+    step_pairs: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class BatchLosses:
+    """The losses of one batch: `total` is what is minimised; the rest is for logs."""
+
+    total: torch.Tensor  # scalar, differentiable
+    feature: torch.Tensor  # step 0, scalar
+    ce: torch.Tensor  # step 0, scalar
+    pairs: int  # step-0 pairs
+    step_feature: tuple[float, ...]  # mean per step (nan where a step has no rows)
+    step_ce: tuple[float, ...]
+    step_pairs: tuple[int, ...]
+    step_correct: tuple[float, ...] | None  # evaluation only: correct top-1 count per step
 
 
 class LossComputer:
-    """The losses of a batch through the frozen lm_head (restricted to the draft vocabulary)."""
+    """The losses of a batch through the frozen lm_head (restricted to the draft vocabulary),
+    unrolled over `ttt_steps` draft steps (eagle2.train.unroll)."""
 
     def __init__(self, target: TargetModel, draft_vocab: torch.Tensor | None, config: TrainConfig, device: torch.device) -> None:
         weight = target.lm_head.weight.detach().to(device=device, dtype=torch.float32)
@@ -103,43 +144,72 @@ class LossComputer:
         self.weight = weight if draft_vocab is None else weight[self.draft_vocab].contiguous()
         self.embed = target.embed_tokens.weight.detach().to(device=device, dtype=torch.float32)
         self.config = config
+        self.step_weights = step_weights(config.ttt_steps, config.ttt_decay, config.ttt_weights)
         self.device = device
-        # The target's full-vocabulary argmax of held-out batches (fixed), computed once per batch.
-        self.target_argmax: dict[int, torch.Tensor] = {}
+        # The target's full-vocabulary argmax of held-out batches (fixed), per (batch, step), computed once.
+        self.target_argmax: dict[tuple[int, int], torch.Tensor] = {}
 
     def __call__(
         self, head: DraftHead, batch: Batch, *, noise: float, generator: torch.Generator | None, evaluate: bool = False, batch_key: int | None = None
-    ):
+    ) -> BatchLosses:
         device = self.device
         features = batch.features.to(device=device, dtype=torch.float32)
         if noise > 0:
             features = features + (torch.rand(features.shape, generator=generator, device=device) * 2 - 1) * noise
-        embeddings = F.embedding(batch.next_tokens.to(device), self.embed)
-        length = features.shape[1]
-        positions = torch.arange(length, device=device).expand(features.shape[0], -1)
-        predicted = head(embeddings, features, positions)  # [b, q, H]
-        weights = batch.weights.to(device)
-        predicted = predicted[weights]  # [N, H]
-        target = batch.target_features.to(device=device, dtype=torch.float32)[weights]
-        feature_loss = F.smooth_l1_loss(predicted, target, reduction="none").mean(-1).mean()
-        with torch.no_grad():
-            target_probs = torch.softmax(target @ self.weight.T, dim=-1)
-        log_probs = torch.log_softmax(predicted @ self.weight.T, dim=-1)
-        ce_loss = -(target_probs * log_probs).sum(-1).mean()
-        total = self.config.feature_weight * feature_loss + self.config.ce_weight * ce_loss
-        top1 = None
-        if evaluate:
+        steps = unroll(
+            head,
+            self.embed,
+            features,
+            batch.next_tokens.to(device),
+            batch.target_features.to(device=device, dtype=torch.float32),
+            batch.weights.to(device),
+            self.config.ttt_steps,
+            detach_fed_back=self.config.ttt_detach,
+        )
+        total: torch.Tensor | None = None
+        feature_losses, ce_losses, counts, correct = [], [], [], []
+        for number, (step, weight) in enumerate(zip(steps, self.step_weights)):
+            predicted = step.predicted[step.rows]  # [N, H]
+            target = step.target_features[step.rows]
+            count = int(step.rows.sum())
+            feature_loss = F.smooth_l1_loss(predicted, target, reduction="none").mean(-1).mean()
             with torch.no_grad():
-                draft = log_probs.argmax(-1)
-                if self.draft_vocab is not None:
-                    draft = self.draft_vocab[draft]
-                reference = self.target_argmax.get(batch_key) if batch_key is not None else None
-                if reference is None:
-                    reference = (target @ self.full_weight.T).argmax(-1)
-                    if batch_key is not None:
-                        self.target_argmax[batch_key] = reference
-                top1 = (draft == reference).float().sum()
-        return total, feature_loss, ce_loss, top1, int(weights.sum())
+                target_probs = torch.softmax(target @ self.weight.T, dim=-1)
+            log_probs = torch.log_softmax(predicted @ self.weight.T, dim=-1)
+            ce_loss = -(target_probs * log_probs).sum(-1).mean()
+            loss = self.config.feature_weight * feature_loss + self.config.ce_weight * ce_loss
+            if number == 0:
+                total = weight * loss if weight != 1.0 else loss
+            elif count:
+                total = total + weight * loss
+            feature_losses.append(feature_loss)
+            ce_losses.append(ce_loss)
+            counts.append(count)
+            if evaluate:
+                correct.append(self._correct(log_probs, target, batch_key, number))
+        assert total is not None
+        return BatchLosses(
+            total=total,
+            feature=feature_losses[0],
+            ce=ce_losses[0],
+            pairs=counts[0],
+            step_feature=tuple(float(f.detach()) for f in feature_losses),
+            step_ce=tuple(float(c.detach()) for c in ce_losses),
+            step_pairs=tuple(counts),
+            step_correct=tuple(correct) if evaluate else None,
+        )
+
+    @torch.no_grad()
+    def _correct(self, log_probs: torch.Tensor, target: torch.Tensor, batch_key: int | None, step: int) -> float:
+        draft = log_probs.argmax(-1)
+        if self.draft_vocab is not None:
+            draft = self.draft_vocab[draft]
+        reference = self.target_argmax.get((batch_key, step)) if batch_key is not None else None
+        if reference is None:
+            reference = (target @ self.full_weight.T).argmax(-1)
+            if batch_key is not None:
+                self.target_argmax[(batch_key, step)] = reference
+        return float((draft == reference).float().sum())
 
 
 def init_head(target: TargetModel, config: TrainConfig) -> DraftHead:
@@ -159,21 +229,38 @@ def lr_at(step: int, total: int, config: TrainConfig) -> float:
 @torch.no_grad()
 def evaluate(head: DraftHead, records: list[Record], losses: LossComputer, config: TrainConfig) -> Losses:
     head.eval()
-    totals = torch.zeros(4, dtype=torch.float64)
-    pairs = 0
+    steps = config.ttt_steps
+    totals = torch.zeros(2, dtype=torch.float64)  # total * pairs, step-0 pairs
+    sums = torch.zeros(3, steps, dtype=torch.float64)  # feature * rows, ce * rows, correct; per step
+    rows = torch.zeros(steps, dtype=torch.float64)
     for number, batch in iterate(records, batches(records, config.tokens_per_batch, seed=HELDOUT_ORDER_SEED, max_pairs=config.max_pairs), max_pairs=config.max_pairs):
-        total, feature, ce, top1, count = losses(head, batch, noise=0.0, generator=None, evaluate=True, batch_key=number)
-        if count == 0:
+        result = losses(head, batch, noise=0.0, generator=None, evaluate=True, batch_key=number)
+        if result.pairs == 0:
             continue
-        totals += torch.tensor([float(total) * count, float(feature) * count, float(ce) * count, float(top1)], dtype=torch.float64)
-        pairs += count
-        if pairs >= config.max_heldout_pairs:
+        totals += torch.tensor([float(result.total) * result.pairs, result.pairs], dtype=torch.float64)
+        for j, count in enumerate(result.step_pairs):
+            if count:
+                sums[:, j] += torch.tensor([result.step_feature[j] * count, result.step_ce[j] * count, result.step_correct[j]], dtype=torch.float64)
+                rows[j] += count
+        if totals[1] >= config.max_heldout_pairs:
             break
     head.train()
+    pairs = int(totals[1])
     if pairs == 0:
         return Losses(float("nan"), float("nan"), float("nan"), float("nan"), 0)
-    total, feature, ce, top1 = (totals / pairs).tolist()
-    return Losses(feature=feature, ce=ce, total=total, top1=top1, pairs=pairs)
+    means = (sums / rows.clamp(min=1)).where(rows > 0, torch.tensor(float("nan"), dtype=torch.float64))
+    feature, ce, top1 = means.tolist()
+    return Losses(
+        feature=feature[0],
+        ce=ce[0],
+        total=float(totals[0]) / pairs,
+        top1=top1[0],
+        pairs=pairs,
+        step_feature=tuple(feature),
+        step_ce=tuple(ce),
+        step_top1=tuple(top1),
+        step_pairs=tuple(int(r) for r in rows.tolist()),
+    )
 
 
 def train(
@@ -186,10 +273,13 @@ def train(
     device: str | torch.device | None = None,
     max_shards: int | None = None,
     progress: Callable[[int, int, dict], None] | None = None,
+    state_dir: Path | None = None,
 ) -> dict:
-    """Train (or resume) and write the head to `out`; returns the run summary (also in work/train/)."""
+    """Train (or resume) and write the head to `out`; returns the run summary (also in the state
+    folder, work/train/ unless `state_dir` names another: several runs over the same distilled
+    data, e.g. on the first N shards for a learning curve, each keep their own)."""
     device = torch.device(device or target.device)
-    folder = work / "train"
+    folder = state_dir or work / "train"
     folder.mkdir(parents=True, exist_ok=True)
     records = load_records(work / "distill", max_shards=max_shards)
     train_records, heldout = split(records, config.heldout_fraction, config.seed)
@@ -202,7 +292,8 @@ def train(
         raise ValueError(f"{len(records)} records split into {len(train_records)} train / {len(heldout)} held-out; need both non-empty")
     check_manifest(
         folder / "train.config.json",
-        {**asdict(config), "records": len(records), "train_records": len(train_records)},
+        # The time budget is how long this invocation may run, not a training setting.
+        {**{k: v for k, v in asdict(config).items() if k != "max_seconds"}, "records": len(records), "train_records": len(train_records)},
         "train",
         outputs=[folder / "checkpoint.pt", folder / "summary.json"],
     )
@@ -252,6 +343,20 @@ def train(
         rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
         atomic_write_text(log_path, "".join(line + "\n" for line in rows))
 
+    def summary_of(epochs_done: int, steps: int, seconds: float, heldout_losses: Losses) -> dict:
+        return {
+            "config": asdict(config),
+            "ttt_step_weights": list(config.resolved_step_weights),
+            "data": data,
+            "epochs_done": epochs_done,
+            "steps": steps,
+            "train_seconds": round(seconds, 1),
+            "heldout": asdict(heldout_losses),
+            "last_train": _last_train_row(log_path),
+            "torch": torch.__version__,
+            "device": str(device),
+        }
+
     def log(row: dict) -> None:
         with open(log_path, "a", encoding="utf-8") as file:
             file.write(json.dumps(row) + "\n")
@@ -271,6 +376,8 @@ def train(
         )
 
     head.train()
+    run_started = time.perf_counter()
+    out_of_time = False
     window = {"loss": 0.0, "feature": 0.0, "ce": 0.0, "pairs": 0, "seconds": 0.0, "steps": 0}
     last_eval: Losses | None = None
     while epoch < config.epochs:
@@ -279,7 +386,8 @@ def train(
             started = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total_steps, config)
-            total, feature, ce, _, count = losses(head, batch, noise=config.noise, generator=generator)
+            result = losses(head, batch, noise=config.noise, generator=generator)
+            total, feature, ce, count = result.total, result.feature, result.ce, result.pairs
             optimizer.zero_grad(set_to_none=True)
             if count:
                 total.backward()
@@ -316,30 +424,28 @@ def train(
                 logger.info("step %d held-out: %s", step, last_eval)
             if step % config.checkpoint_every == 0:
                 save_checkpoint()
+            if config.max_seconds and time.perf_counter() - run_started >= config.max_seconds:
+                out_of_time = True
+                break
+        if out_of_time:
+            logger.info("time budget of %.0f s reached at step %d (epoch %d, batch %d); stopping", config.max_seconds, step, epoch, next_batch)
+            save_checkpoint()
+            last_eval = evaluate(head, heldout, losses, config)
+            break
         epoch += 1
         next_batch = 0
         last_eval = evaluate(head, heldout, losses, config)
         log({"step": step, "epoch_end": epoch, "heldout": asdict(last_eval), "elapsed_s": round(elapsed, 1)})
         logger.info("epoch %d done (step %d, %.0f s): held-out %s", epoch, step, elapsed, last_eval)
+        if config.save_epoch_heads:
+            write_head(head, draft_vocab, folder / "epochs" / f"epoch-{epoch:03d}", summary_of(epoch, step, elapsed, last_eval), config)
         save_checkpoint()
 
     if last_eval is None:
         last_eval = evaluate(head, heldout, losses, config)
-    summary = {
-        "config": asdict(config),
-        "data": data,
-        "steps": step,
-        "train_seconds": round(elapsed, 1),
-        "heldout": asdict(last_eval),
-        "last_train": _last_train_row(log_path),
-        "torch": torch.__version__,
-        "device": str(device),
-    }
-    saved = copy.deepcopy(head).to(device="cpu", dtype=parse_dtype(config.save_dtype))
-    saved.draft_vocab = draft_vocab
-    saved.save_pretrained(out, extra_config={"eagle2_training": {"steps": step, "heldout_top1": last_eval.top1}})
+    summary = {**summary_of(epoch, step, elapsed, last_eval), "stopped_by_time_budget": out_of_time}
+    write_head(head, draft_vocab, out, summary, config)
     atomic_write_json(folder / "summary.json", summary)
-    atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
     return summary
 
@@ -358,6 +464,24 @@ def _load_checkpoint(path: Path, device: torch.device) -> dict:
     if missing:
         raise ValueError(f"{path}: a training checkpoint needs the keys head, optimizer, generator, step, epoch, next_batch, elapsed_s; missing: {', '.join(missing)}")
     return state
+
+
+def write_head(head: DraftHead, draft_vocab: torch.Tensor | None, out: Path, summary: dict, config: TrainConfig) -> None:
+    """The head in the official layout (weights in config.save_dtype) plus training.json (`summary`)."""
+    saved = copy.deepcopy(head).to(device="cpu", dtype=parse_dtype(config.save_dtype))
+    saved.draft_vocab = draft_vocab
+    heldout = summary["heldout"]
+    training = {
+        "steps": summary["steps"],
+        "epochs_done": summary["epochs_done"],
+        "heldout_top1": heldout["top1"],
+        "heldout_step_top1": list(heldout["step_top1"]),
+        "ttt_steps": config.ttt_steps,
+        "ttt_step_weights": list(config.resolved_step_weights),
+        "ttt_detach": config.ttt_detach,
+    }
+    saved.save_pretrained(out, extra_config={"eagle2_training": training})
+    atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
 
 
 def _last_train_row(log_path: Path) -> dict | None:

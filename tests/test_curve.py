@@ -1,0 +1,50 @@
+"""Learning-curve plumbing on tiny heads: per-epoch heads and heads on part of the data, evaluated on
+the same questions, written as JSON and a PNG figure."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.__main__ import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("EAGLE2_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no MT-bench data in {DATA_DIR}")
+MODEL = ["--model", "tiny-random-llama", "--threads", "1"]
+
+
+@needs_data
+def test_a_learning_curve_over_epochs_and_data_sizes(tmp_path: Path) -> None:
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Tell me something about the number {i}."}) + "\n" for i in range(8)))
+    work = tmp_path / "work"
+    assert main(["-q", "train", "prompts", "--work", str(work), "--source", f"file:{prompts}", "--data-dir", str(DATA_DIR), *MODEL]) == 0
+    assert main(["-q", "train", "distill", "--work", str(work), "--max-new-tokens", "8", "--batch-size", "4", "--shard-size", "4", "--dtype", "float32", *MODEL]) == 0
+    common = ["--heldout-fraction", "0.3", "--tokens-per-batch", "64", *MODEL]
+    assert main(["-q", "train", "train", "--work", str(work), "--out", str(tmp_path / "full"), "--epochs", "2", "--save-epoch-heads", "--ttt-steps", "2", *common]) == 0
+    assert main(["-q", "train", "train", "--work", str(work), "--out", str(tmp_path / "half"), "--epochs", "1", "--max-shards", "1",
+                 "--state-dir", str(work / "train-half"), *common]) == 0
+    epochs = sorted((work / "train" / "epochs").iterdir())
+    assert [e.name for e in epochs] == ["epoch-001", "epoch-002"]
+
+    report = tmp_path / "curve-epochs.json"
+    evaluate = ["--questions", "2", "--max-new-tokens", "6", "--data-dir", str(DATA_DIR), *MODEL]
+    assert main(["-q", "train", "curve", "--heads", *map(str, epochs), "--x", "epoch", "--out", str(report), *evaluate]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["x"] for row in rows] == [1, 2] and all(row["tau"] >= 1.0 for row in rows)
+    assert all(row["ttt_steps"] == 2 and len(row["heldout_step_top1"]) == 2 for row in rows)
+    assert report.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    figure = tmp_path / "figs" / "tokens.png"
+    report = tmp_path / "curve-tokens.json"
+    assert main(["-q", "train", "curve", "--heads", str(tmp_path / "full"), str(tmp_path / "half"), "--x", "tokens", "--out", str(report), "--figure", str(figure), *evaluate]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["head"] for row in rows] == [str(tmp_path / "half"), str(tmp_path / "full")]  # sorted by distilled tokens
+    assert rows[0]["x"] < rows[1]["x"] and figure.is_file()
+    # A head without training.json is named in the error.
+    (tmp_path / "bare").mkdir()
+    assert main(["-q", "train", "curve", "--heads", str(tmp_path / "bare"), "--out", str(tmp_path / "x.json"), *evaluate]) != 0
