@@ -239,8 +239,8 @@ class _Loaded:
     target: Any
     tokenizer: Any
     chat: ChatTemplate
-    head: Any
-    head_used: str | None
+    heads: dict[str, Any]  # head kind (eagle, eagle3) -> the loaded head
+    heads_used: dict[str, str | None]  # head kind -> what was loaded (a fallback, perhaps)
     source: str
     info: dict[str, Any]
 
@@ -369,36 +369,37 @@ class Runner:
 
     # -- models ------------------------------------------------------------------------------
 
-    def _load_model(self, config: ModelConfig, needs_head: bool) -> _Loaded:
+    def _load_model(self, config: ModelConfig, head_kinds: set[str]) -> _Loaded:
         from harness.models import chat_template_for, load_head, load_model
 
         device = None if config.device_map else resolve_device(config.device)
         loaded = load_model(
             config.source, gguf_file=config.gguf_file, dtype=config.dtype, device=device, device_map=config.device_map, revision=config.revision
         )
-        head_used = None
-        head = None
-        if needs_head:
-            head_used = effective_head(config)
-            if head_used != config.head:
+        heads: dict[str, Any] = {}
+        heads_used: dict[str, str | None] = {}
+        for kind in sorted(head_kinds):
+            heads_used[kind] = effective_head(config, kind)
+            if kind == "eagle" and heads_used[kind] != config.head:
                 logger.warning(
                     "model %s: draft head %s is not installed; using the fallback %r (its results say head=%s)",
-                    config.name, config.head, head_used, head_used,
+                    config.name, config.head, heads_used[kind], heads_used[kind],
                 )
-            head = load_head(head_used, loaded.target)
+            heads[kind] = load_head(heads_used[kind], loaded.target, kind=kind)
         chat = chat_template_for(loaded, config.chat_template, config.system_message)
         info = {
             "source": loaded.source,
             "weights_sha256": loaded.weights_sha256,
-            "head": head_used,
+            "head": heads_used.get("eagle"),
             "head_requested": config.head,
+            **({"eagle3_head": heads_used["eagle3"]} if "eagle3" in heads_used else {}),
             "device": str(loaded.target.device),
             "dtype": str(loaded.target.dtype).removeprefix("torch."),
             "parameters": sum(p.numel() for p in loaded.target.model.parameters()),
             "stop_token_ids": sorted(chat.stop_token_ids),
             "max_context": loaded.target.max_context,
         }
-        return _Loaded(loaded.target, loaded.tokenizer, chat, head, head_used, loaded.source, info)
+        return _Loaded(loaded.target, loaded.tokenizer, chat, heads, heads_used, loaded.source, info)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -446,7 +447,7 @@ class Runner:
             "cell_id": cell.cell_id,
             "model": cell.model.name,
             "model_source": loaded.source,
-            "head": loaded.head_used if METHODS[cell.method].needs_head else None,
+            "head": loaded.heads_used.get(METHODS[cell.method].head_kind) if METHODS[cell.method].needs_head else None,
             "task": cell.task.name,
             "method": cell.method,
             "method_params": dict(cell.method_params),
@@ -519,10 +520,10 @@ class Runner:
         todo = [c for c in cells if not all(self._unit_done(c, q, r) for q in self.questions[c.task.name] for r in range(c.repeats))]
         if not todo:
             return
-        needs_head = any(METHODS[c.method].needs_head for c in todo)
+        head_kinds = {METHODS[c.method].head_kind for c in todo if METHODS[c.method].needs_head}
         logger.info("loading model %s (%s)", config.name, config.source)
         try:
-            loaded = self._load_model(config, needs_head)
+            loaded = self._load_model(config, head_kinds)
         except Exception as error:  # a bad path, no network, OOM: every cell of this model fails
             for cell in todo:
                 self._fail(cell, error)
@@ -535,7 +536,8 @@ class Runner:
         decoders: dict[str, Any] = {}
         for cell in todo:
             try:
-                decoders[cell.cell_id] = METHODS[cell.method].create(loaded.target, loaded.head, cell.method_params)
+                spec = METHODS[cell.method]
+                decoders[cell.cell_id] = spec.create(loaded.target, loaded.heads.get(spec.head_kind), cell.method_params)
             except Exception as error:
                 self._fail(cell, error)
         warmed: set[str] = set()
