@@ -385,3 +385,29 @@ def test_eagle3_method_in_the_registry(deep_target):
         spec.create(deep_target, tiny_head(deep_target))
     with pytest.raises(ValueError, match=r"method 'eagle2' drafts with a 'eagle' head \(DraftHead\); got a Eagle3Head"):
         METHODS["eagle2"].create(deep_target, eagle3_head(deep_target))
+
+
+@pytest.mark.parametrize(
+    "name,hidden,heads,kv_heads,intermediate,vocab,draft_vocab,layers",
+    [
+        ("yuhuili/EAGLE3-LLaMA3.1-Instruct-8B", 4096, 32, 8, 14336, 128256, 32000, 32),
+        ("yuhuili/EAGLE3-Vicuna1.3-13B", 5120, 40, 40, 13824, 32000, 32000, 40),
+    ],
+)
+def test_released_head_shapes(name, hidden, heads, kv_heads, intermediate, vocab, draft_vocab, layers):
+    """The shapes our module expects for the released heads (built on the meta device: no memory)."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate,
+                         vocab_size=vocab, num_hidden_layers=1, rms_norm_eps=1e-5)
+    config.draft_vocab_size = draft_vocab
+    with torch.device("meta"):
+        head = Eagle3Head(config)
+    shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+    assert shapes["fc.weight"] == (hidden, 3 * hidden)
+    assert shapes["midlayer.self_attn.q_proj.weight"] == (hidden, 2 * hidden)
+    assert shapes["midlayer.self_attn.k_proj.weight"] == (kv_heads * hidden // heads, 2 * hidden)
+    assert shapes["lm_head.weight"] == (draft_vocab, hidden)
+    assert shapes["d2t"] == (draft_vocab,) and shapes["t2d"] == (vocab,)
+    assert len(shapes) == 15
+    assert head.feature_spec(layers).width(hidden) == 3 * hidden
