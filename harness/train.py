@@ -101,6 +101,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from eagle2.train.trainer import TrainConfig, train
 
+    if args.head_kind == "eagle3":
+        cmd_train_eagle3(args)
+        return
     values = {name: getattr(args, name) for name in asdict(TrainConfig())}
     values["betas"] = tuple(values["betas"])
     values["extra_distill"] = tuple(values["extra_distill"])
@@ -124,6 +127,32 @@ def cmd_train(args: argparse.Namespace) -> None:
         progress=progress,
     )
     bar.close()
+
+
+def cmd_train_eagle3(args: argparse.Namespace) -> None:
+    """`train --head-kind eagle3`: an EAGLE-3 head on the same distilled records (training-time test)."""
+    from eagle2.train.dataset import load_records
+    from eagle2.train.eagle3 import Eagle3TrainConfig, train_eagle3
+    from eagle2.target import parse_dtype
+    from eagle2.train.io import atomic_write_json
+
+    names = {f for f in asdict(Eagle3TrainConfig())}
+    config = Eagle3TrainConfig(**{name: getattr(args, name) for name in names})
+    loaded, chat = load_target_and_chat(args)
+    records = load_records(Path(args.work) / "distill", max_shards=args.max_shards)
+    bar = progress_bar(None, "train eagle3", "record")
+
+    def progress(step: int, total: int, row: dict) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{row['loss']:.3f}", step0=f"{row['step0_loss']:.3f}", refresh=True)
+
+    head, summary = train_eagle3(loaded.target, records, config, stop_token_ids=tuple(sorted(chat.stop_token_ids)), progress=progress)
+    bar.close()
+    out = Path(args.out)
+    head.to(device="cpu", dtype=parse_dtype(args.save_dtype)).save_pretrained(out)
+    atomic_write_json(out / "training.json", {"head_kind": "eagle3", "model": args.model, **summary})
+    logger.info("EAGLE-3 head written to %s (held-out accuracy by step: %s)", out, (summary["heldout"] or {}).get("accuracy_by_step"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -204,6 +233,10 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
         else:
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--max-shards", type=int, default=None, help="use only the first N shards")
+    p.add_argument("--head-kind", choices=["eagle", "eagle3"], default="eagle",
+                   help="eagle: the EAGLE-1/2 layout (default); eagle3: an EAGLE-3 head trained with the training-time test")
+    p.add_argument("--ttt-steps", type=int, default=7, help="eagle3: unrolled training-time-test steps (official 7)")
+    p.add_argument("--step-decay", type=float, default=0.8, help="eagle3: weight of step j is step_decay**j (official 0.8)")
     add_model_arguments(p)
     p.set_defaults(func=cmd_train)
 

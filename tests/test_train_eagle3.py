@@ -93,3 +93,36 @@ def test_tiny_training_learns_ships_a_draft_vocabulary_and_stays_lossless(target
         record = generate(target, prompt, max_new_tokens=24, proposer=DynamicTreeProposer(candidate, target, depth=4, top_k=3, total_tokens=10))
         assert record.output_ids == expected.output_ids
     assert torch.equal(again.draft_token_ids(), head.draft_token_ids())
+
+
+def test_cli_trains_an_eagle3_head_on_the_distilled_records(tmp_path):
+    """`python -m harness train train --head-kind eagle3` on distilled shards of a local 8-layer model."""
+    import json
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from eagle2.train.distill import DistillConfig, distill
+    from eagle2.train.prompts import Prompt, TemplateChat
+    from harness.__main__ import main
+    from harness.models import chat_template_for, load_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    loaded = load_model(str(tmp_path / "model"), dtype="float32")
+    chat = TemplateChat(chat_template_for(loaded), loaded.tokenizer)
+    prompts = [Prompt(id=f"test/{i}", source="test", prompt=f"Say thing {i}.") for i in range(6)]
+    work = tmp_path / "work"
+    distill(loaded.target, chat, prompts, work / "distill", DistillConfig(max_new_tokens=8, batch_size=3, shard_size=3))
+    out = tmp_path / "head3"
+    argv = ["train", "train", "--work", str(work), "--out", str(out), "--head-kind", "eagle3", "--model", str(tmp_path / "model"),
+            "--epochs", "1", "--ttt-steps", "2", "--draft-vocab-size", "64", "--heldout-fraction", "0.3"]
+    assert main(argv) in (0, None)
+    head = Eagle3Head.from_pretrained(out, embedding_shape=tuple(loaded.target.embed_tokens.weight.shape))
+    assert head.draft_vocab_size == 64
+    training = json.loads((out / "training.json").read_text())
+    assert training["head_kind"] == "eagle3" and training["config"]["ttt_steps"] == 2 and training["steps"] >= 1
