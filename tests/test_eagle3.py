@@ -411,3 +411,28 @@ def test_released_head_shapes(name, hidden, heads, kv_heads, intermediate, vocab
     assert shapes["d2t"] == (draft_vocab,) and shapes["t2d"] == (vocab,)
     assert len(shapes) == 15
     assert head.feature_spec(layers).width(hidden) == 3 * hidden
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "qwen2", "qwen3"])
+def test_other_families_return_the_layer_inputs_and_decode_losslessly(architecture):
+    import transformers
+
+    classes = {
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }[architecture]
+    torch.manual_seed(0)
+    from eagle2 import TargetModel
+
+    config = classes[0](vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+    target = TargetModel(classes[1](config).to(torch.float64))
+    ids = torch.tensor(random_prompt(61, 9, 4))
+    inputs = layer_inputs_by_hooks(target, ids)
+    out = target.forward(ids, target.new_cache(4), features=FeatureSpec((2, 4, 5)))
+    assert torch.equal(out.features, torch.cat([inputs[2], inputs[4], inputs[5]], dim=-1))
+    head = eagle3_head(target)
+    expected = generate(target, ids.tolist(), max_new_tokens=20)
+    record = generate(target, ids.tolist(), max_new_tokens=20, proposer=DynamicTreeProposer(head, target, depth=4, top_k=3, total_tokens=10))
+    assert record.output_ids == expected.output_ids
