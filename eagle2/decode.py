@@ -151,10 +151,10 @@ def generate(
             watch.switch("verify")
             start = cache.length
             if lazy_logits:
-                out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0), features=features)
+                out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0), features=features, pad_to=tree_room)
                 verdict = verify(tree, LazyLogits(out.hidden, target.lm_head), sampling, generator)
             else:
-                out = target.forward(tree.tokens, cache, tree=tree, features=features)
+                out = target.forward(tree.tokens, cache, tree=tree, features=features, pad_to=tree_room)
                 verdict = verify(tree, out.logits, sampling, generator)
             watch.switch("other")
             cache.keep(start, verdict.path)

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 from transformers import GenerationConfig
+from transformers.generation.configuration_utils import CompileConfig
 
 from eagle2.decode import generate
 from eagle2.draft import DynamicTreeProposer, Proposer, StaticTreeProposer
@@ -200,8 +201,33 @@ def _hf_decoder(target: TargetModel, extra: Mapping[str, Any]) -> Decoder:
     return decode
 
 
+def _hf_cache_settings(target: TargetModel, params: Mapping[str, Any]) -> dict[str, Any]:
+    """GenerationConfig settings for transformers' own fastest path: a static cache, compiled.
+
+    transformers compiles a static-cache decode step by itself only on accelerators; on a CPU its
+    CompileConfig's `_compile_all_devices` flag (an attribute of our own config object) asks for it."""
+    if params["cache"] == "dynamic":
+        if params["compile"]:
+            raise ValueError("hf_generate compile=true needs cache='static' (transformers compiles only a static cache)")
+        return {}
+    settings: dict[str, Any] = {"cache_implementation": "static"}
+    if params["compile"]:
+        compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead" if target.device.type == "cuda" else "default")
+        if target.device.type not in ("cuda", "xpu"):
+            compile_config._compile_all_devices = True
+        settings["compile_config"] = compile_config
+    else:
+        settings["disable_compile"] = True
+    return settings
+
+
+def _check_hf_cache(value: Any) -> None:
+    if value not in ("dynamic", "static"):
+        raise ValueError(f"hf_generate cache must be 'dynamic' or 'static', got {value!r}")
+
+
 def _build_hf_generate(target, head, params) -> Decoder:
-    return _hf_decoder(target, {})
+    return _hf_decoder(target, _hf_cache_settings(target, params))
 
 
 def _build_hf_prompt_lookup(target, head, params) -> Decoder:
@@ -263,7 +289,10 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             name="hf_generate",
             description="transformers' own generate() (reference for our vanilla)",
             needs_head=False,
-            params={},
+            params={
+                "cache": Param("dynamic", str, "KV cache: 'dynamic' (DynamicCache) or 'static' (StaticCache)", check=_check_hf_cache),
+                "compile": Param(False, bool, "torch.compile the decode step (needs cache='static')"),
+            },
             build=_build_hf_generate,
             reference=True,
         ),

@@ -25,6 +25,40 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU's native bfloat16 instruction sets (AMX-BF16, AVX512-BF16) from /proc/cpuinfo; [] elsewhere."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return [flag for flag in CPU_BF16_FLAGS if flag in flags]
+    return []
+
+
+def auto_dtype(device: str | torch.device, cpuinfo: str | None = None) -> tuple[torch.dtype, str]:
+    """The dtype `auto` means for a model stored in float32 (or dequantised), and why.
+
+    bfloat16 on CUDA and on CPUs with AMX-BF16 / AVX512-BF16 (where its matmuls run natively and
+    read half the bytes); float32 on other CPUs, where bfloat16 is emulated and slower."""
+    device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    if device_type == "cuda":
+        return torch.bfloat16, "CUDA device"
+    if device_type == "cpu":
+        flags = cpu_bf16_flags(cpuinfo)
+        if flags:
+            return torch.bfloat16, "CPU has " + ", ".join(flags)
+        return torch.float32, "CPU without AMX-BF16 / AVX512-BF16"
+    return torch.float32, f"device type {device_type}"
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     """'auto' is passed through to transformers; names map to torch dtypes."""
     if isinstance(dtype, torch.dtype) or dtype == "auto":
@@ -155,6 +189,7 @@ class TargetModel:
         tree: DraftTree | None = None,
         logits_for: torch.Tensor | slice | None = None,
         features: FeatureSpec = FINAL_NORM,
+        pad_to: int | None = None,
     ) -> TargetOutput:
         """Append `input_ids` ([q] long) after the cache's entries and run the model on them.
 
@@ -162,7 +197,8 @@ class TargetModel:
         tree.tokens), placed at prefix + depth. `logits_for` selects the rows that get logits
         (default: all); the hidden state is returned for every row, and so are the features that
         `features` asks for (captured from this same forward through transformers'
-        `output_hidden_states` selection, whose entry i is the input of decoder layer i).
+        `output_hidden_states` selection, whose entry i is the input of decoder layer i). `pad_to`
+        (the proposer's largest tree) matters only to the static path (eagle2.static), which pads trees to it.
         """
         layers = self.check_features(features)
         prefix = cache.length

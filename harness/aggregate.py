@@ -23,9 +23,12 @@ A *group* is (model, task, method, params, temperature), ``params`` being the ca
 - ``draft_tokens_per_step``: tokens sent to the target per forward, pooled over forwards.
 - ``accuracy``: mean of ``correct`` over the records that have it (GSM8K, HumanEval).
 - ``failures``: recorded failures of the group that no later record superseded.
-- ``lossless_compared`` / ``lossless_mismatches``: at temperature 0, every non-vanilla output is
-  compared with vanilla's ``output_ids`` for the same (model, task, seed, question, turn); any
-  difference is a mismatch (speculative decoding must be lossless under greedy decoding).
+- ``lossless_compared`` / ``lossless_near_ties`` / ``lossless_mismatches``: at temperature 0, every
+  non-vanilla output is compared with vanilla's ``output_ids`` for the same (model, task, seed,
+  question, turn). In float32/float64 any difference is a mismatch (speculative decoding must be
+  lossless under greedy decoding). In half precision the run's ``audit.jsonl`` (harness.audit)
+  classifies each difference: a near-tie (the two tokens' float32 logits within the dtype's margin)
+  is counted in ``lossless_near_ties``; an unexplained or unaudited difference is a mismatch.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,7 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.jsonl"
 FAILURES_FILE = "failures.jsonl"
 MANIFEST_FILE = "manifest.json"
+AUDIT_FILE = "audit.jsonl"  # harness.audit: verdicts on half-precision greedy mismatches
 SCHEMA_VERSION = 1
 
 VANILLA = "vanilla"
@@ -107,6 +111,7 @@ class RunData:
     failures: pd.DataFrame  # failures not superseded by a record; adds ``params``
     manifests: tuple[dict[str, Any], ...]  # one per run dir that has a manifest, in the order given
     run_dirs: tuple[Path, ...]
+    audit: pd.DataFrame = field(default_factory=pd.DataFrame)  # rows of audit.jsonl (harness.audit), keyed like records
 
 
 def canonical_params(params: Mapping[str, Any] | None) -> str:
@@ -213,6 +218,7 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
     records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     manifests: list[dict[str, Any]] = []
+    audits: list[dict[str, Any]] = []
     for run_dir in dirs:
         if not run_dir.is_dir():
             raise FileNotFoundError(f"run directory {run_dir} does not exist")
@@ -231,6 +237,8 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
                 row["temperature"] = float(row["temperature"]) if row.get("temperature") is not None else math.nan
                 row["question_id"] = None if row.get("question_id") is None else str(row["question_id"])
                 failures.append(row)
+        if (run_dir / AUDIT_FILE).exists():
+            audits.extend(_read_jsonl(run_dir / AUDIT_FILE))
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             manifest = dict(manifest, _run_dir=str(run_dir))
@@ -269,7 +277,11 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
             ]
             failure_frame = failure_frame[keep]
         failure_frame = failure_frame.reset_index(drop=True)
-    return RunData(records=record_frame, failures=failure_frame, manifests=tuple(manifests), run_dirs=dirs)
+    audit_frame = pd.DataFrame.from_records(audits, columns=[*RECORD_KEYS, "kind", "position", "logit_gap", "margin"])
+    if not audit_frame.empty:
+        audit_frame["question_id"] = audit_frame["question_id"].astype(str)
+        audit_frame = audit_frame.drop_duplicates(subset=list(RECORD_KEYS), keep="last").reset_index(drop=True)
+    return RunData(records=record_frame, failures=failure_frame, manifests=tuple(manifests), run_dirs=dirs, audit=audit_frame)
 
 
 # ------------------------------------------------------------------------------------ aggregation
@@ -352,15 +364,21 @@ def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else math.nan
 
 
-def lossless_table(records: pd.DataFrame) -> pd.DataFrame:
+def lossless_table(records: pd.DataFrame, audit: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per temperature-0, non-vanilla record: whether its output equals vanilla's.
 
     The reference is vanilla's record for the same (model, task, seed, question, turn), its lowest
     repeat. Columns: the group keys, ``seed, question_id, turn, repeat, has_reference, match,
     first_diff`` (first differing position, -1 when equal or no reference), ``method_len``,
-    ``vanilla_len``.
+    ``vanilla_len``, ``divergence`` (``identical``; for a difference the audit's verdict
+    ``near_tie`` / ``unexplained``, or ``unaudited``) and the audit's ``logit_gap`` / ``margin``.
     """
-    columns = [*GROUP_KEYS, "seed", "question_id", "turn", "repeat", "has_reference", "match", "first_diff", "method_len", "vanilla_len"]
+    columns = [*GROUP_KEYS, "seed", "question_id", "turn", "repeat", "has_reference", "match", "first_diff", "method_len", "vanilla_len",
+               "divergence", "logit_gap", "margin"]
+    verdicts: dict[tuple, Any] = {}
+    if audit is not None and not audit.empty:
+        for row in audit.itertuples(index=False):
+            verdicts[(row.cell_id, int(row.repeat), str(row.question_id), int(row.turn))] = row
     if records.empty:
         return pd.DataFrame(columns=columns)
     greedy = records[records["temperature"] == 0.0]
@@ -377,12 +395,16 @@ def lossless_table(records: pd.DataFrame) -> pd.DataFrame:
             ref = list(ref)
             match = ours == ref
             first_diff = -1 if match else next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), min(len(ours), len(ref)))
+        verdict = None if match else verdicts.get((row.cell_id, int(row.repeat), str(row.question_id), int(row.turn)))
         rows.append(
             {
                 **{k: getattr(row, k) for k in GROUP_KEYS},
                 "seed": row.seed, "question_id": row.question_id, "turn": row.turn, "repeat": row.repeat,
                 "has_reference": ref is not None, "match": bool(match), "first_diff": first_diff,
                 "method_len": len(ours), "vanilla_len": -1 if ref is None else len(ref),
+                "divergence": "identical" if match else ("unaudited" if verdict is None else verdict.kind),
+                "logit_gap": math.nan if verdict is None else verdict.logit_gap,
+                "margin": math.nan if verdict is None else verdict.margin,
             }
         )
     return pd.DataFrame(rows, columns=columns)
@@ -402,7 +424,7 @@ def summarize(
     """
     records = run.records
     keys = [*GROUP_KEYS, *by]
-    lossless = lossless_table(records)
+    lossless = lossless_table(records, run.audit)
     rows: list[dict[str, Any]] = []
     max_depth = 0
     if not records.empty:
@@ -467,14 +489,18 @@ def summarize(
                     mask &= (lossless[k] == row[k]).to_numpy()
                 mine = lossless[mask & lossless["has_reference"].to_numpy()]
                 row["lossless_compared"] = len(mine)
-                row["lossless_mismatches"] = int((~mine["match"]).sum())
+                near_tie = (mine["divergence"] == "near_tie").to_numpy()
+                row["lossless_near_ties"] = int(near_tie.sum())
+                row["lossless_mismatches"] = int((~mine["match"].to_numpy() & ~near_tie).sum())
                 if len(mine) < int(mask.sum()):
                     notes.append(f"{int(mask.sum()) - len(mine)} greedy output(s) without a vanilla counterpart")
             else:
                 row["lossless_compared"] = 0
+                row["lossless_near_ties"] = 0
                 row["lossless_mismatches"] = 0
             if row["lossless_mismatches"]:
-                notes.append(f"LOSSLESS CHECK FAILED: {row['lossless_mismatches']} of {row['lossless_compared']} outputs differ from vanilla")
+                notes.append(f"LOSSLESS CHECK FAILED: {row['lossless_mismatches']} of {row['lossless_compared']} outputs differ from vanilla"
+                             + (" (unexplained by a near-tie)" if row["lossless_near_ties"] else ""))
             row["note"] = "; ".join(notes)
             rows.append(row)
 
@@ -492,7 +518,7 @@ def summarize(
         if key in seen:
             continue
         row = dict(zip(GROUP_KEYS, key), n_questions=0, n_samples=0, new_tokens=0, time_s=0.0, failures=count,
-                   lossless_compared=0, lossless_mismatches=0, note=f"all {count} attempt(s) failed")
+                   lossless_compared=0, lossless_near_ties=0, lossless_mismatches=0, note=f"all {count} attempt(s) failed")
         rows.append(row)
 
     columns = [
@@ -500,12 +526,12 @@ def summarize(
         "speedup", "speedup_lo", "speedup_hi", "n_paired", "tau", "target_forwards",
         *(f"alpha_d{d}" for d in range(1, max_depth + 1)),
         "prefill_share", "draft_share", "verify_share", "other_share", "draft_tokens_per_step",
-        "accuracy", "n_scored", "failures", "lossless_compared", "lossless_mismatches", "note",
+        "accuracy", "n_scored", "failures", "lossless_compared", "lossless_near_ties", "lossless_mismatches", "note",
     ]
     summary = pd.DataFrame(rows, columns=columns)
     if summary.empty:
         return summary
-    for name in ("n_questions", "n_samples", "new_tokens", "n_paired", "target_forwards", "n_scored", "failures", "lossless_compared", "lossless_mismatches"):
+    for name in ("n_questions", "n_samples", "new_tokens", "n_paired", "target_forwards", "n_scored", "failures", "lossless_compared", "lossless_near_ties", "lossless_mismatches"):
         summary[name] = summary[name].fillna(0).astype(int)
     summary["note"] = summary["note"].fillna("")
     summary["_vanilla_last"] = summary["method"] != VANILLA

@@ -19,6 +19,8 @@ Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is option
         dtype: auto                    # auto | float32 | float16 | bfloat16 | float64 (fp16, bf16, ...)
         device: auto                   # auto (cuda if present, else cpu) | cpu | cuda | cuda:N | mps
         device_map: null               # passed to transformers (e.g. auto); then `device` is ignored
+        compile: auto                  # auto | true | false: the static-shape, torch.compile'd engine path
+                                       # (auto: true on CUDA, false on CPU, where it measured no faster)
         head: random                   # null | random | builtin:NAME | folder | hub id (EAGLE-1/2 layout)
         head_fallback: null            # used, with a warning, when `head` is a built-in not installed
         eagle3_head: null              # the EAGLE-3 head (method eagle3): null | random | builtin:NAME | folder | hub id
@@ -103,10 +105,13 @@ class ModelConfig:
     eagle3_head: str | None = None  # EAGLE-3 head for method eagle3: None | random | builtin:NAME | folder | hub id
     chat_template: str = "tokenizer"  # tokenizer | FastChat template name
     system_message: str | None = None  # None = the template's default
+    # auto | true | false: run the engine's static-shape path (eagle2.static) with torch.compile;
+    # auto = true on CUDA (CUDA graphs), false on a CPU (measured no faster there; see README).
+    compile: str | bool = "auto"
 
     def identity(self) -> dict[str, Any]:
-        """What changes this model's outputs (device placement does not; the head is the cell's)."""
-        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head"}
+        """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
+        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -379,6 +384,9 @@ def _check_model(check: _Checker, path: tuple, data: Any) -> ModelConfig | None:
                     check.value(path + (key,), value, str, choices=names)
         elif key == "source":
             check.value(path + (key,), value, str)
+        elif key == "compile":
+            if value not in ("auto", True, False):
+                check.error(path + (key,), f"{value!r} is not a compile setting; allowed: auto, true, false")
         else:
             check.value(path + (key,), value, (str, type(None)))
         fields[key] = value

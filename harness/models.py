@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
-from eagle2.target import TargetModel, parse_dtype
+from eagle2.target import TargetModel, auto_dtype, parse_dtype
 from harness.files import sha256_of
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class LoadedModel:
     tokenizer: object
     source: str  # what was loaded, for the manifest
     weights_sha256: str | None = None
+    dtype_reason: str | None = None  # why `dtype: auto` resolved as it did (None: an explicit dtype)
 
 
 def cache_root() -> Path:
@@ -178,8 +179,11 @@ def load_model(
     else:
         name = source
     resolved_dtype = parse_dtype(dtype)
+    reason = None
     if gguf is not None and resolved_dtype == "auto":
-        resolved_dtype = torch.float32
+        # A GGUF is dequantised to float32; `auto` picks what runs fastest here (bfloat16 on CUDA and
+        # on CPUs with native bfloat16 matmuls, else float32).
+        resolved_dtype, reason = auto_dtype(device or "cpu")
     tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     target = TargetModel.from_pretrained(
         name,
@@ -189,7 +193,7 @@ def load_model(
         revision=revision,
         attn_implementation=attn_implementation,
     )
-    return LoadedModel(target=target, tokenizer=tokenizer, source=str(gguf or source), weights_sha256=sha)
+    return LoadedModel(target=target, tokenizer=tokenizer, source=str(gguf or source), weights_sha256=sha, dtype_reason=reason)
 
 
 def builtin_head_path(name: str) -> Path:

@@ -30,6 +30,7 @@ every method, so a resumed run draws what an uninterrupted one would have drawn.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import hashlib
@@ -38,6 +39,7 @@ import logging
 import os
 import platform
 import subprocess
+import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +49,11 @@ from typing import Any
 import torch
 
 from eagle2 import SamplingConfig
+from eagle2.audit import HALF_PRECISION
 from eagle2.methods import METHODS
+from harness.audit import AUDIT_FILE, audit_greedy_mismatches
 from harness.chat import ChatTemplate, Message
+from harness.memory import measure_read_bandwidth, weight_bytes_per_token
 from harness.config import Cell, ModelConfig, Suite, effective_head, expand, shard_cells
 from harness.tasks import DataSource, Question, ScoreContext, get_task, select_questions
 
@@ -223,6 +228,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def resolve_compile(setting: str | bool, device: torch.device) -> bool:
+    """`compile: auto` is true on CUDA (CUDA graphs remove the per-kernel launch cost) and false on a
+    CPU, where inductor measured no faster than eager for this engine (README, results/engine-bench)."""
+    if setting == "auto":
+        return device.type == "cuda"
+    return bool(setting)
+
+
 def turn_seed(seed: int, question_id: str, repeat: int, turn: int) -> int:
     """The sampling seed of one generation: a function of the cell's seed and the work item only."""
     digest = hashlib.sha256(f"{seed}|{question_id}|{repeat}|{turn}".encode()).digest()
@@ -256,6 +269,7 @@ class Runner:
         self.cells = shard_cells(all_cells, *options.shard) if options.shard else all_cells
         self.results = JsonlLog(self.out / RESULTS_FILE)
         self.failures = JsonlLog(self.out / FAILURES_FILE)
+        self.audit = JsonlLog(self.out / AUDIT_FILE)
         self.score_context = ScoreContext(execute_code=options.execute_code)
         self.done: dict[tuple[str, str, int, int], dict[str, Any]] = {}
         self.written = 0
@@ -376,6 +390,11 @@ class Runner:
         loaded = load_model(
             config.source, gguf_file=config.gguf_file, dtype=config.dtype, device=device, device_map=config.device_map, revision=config.revision
         )
+        compiled = resolve_compile(config.compile, loaded.target.device)
+        if compiled:
+            from eagle2.static import StaticTargetModel
+
+            loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=True))
         heads: dict[str, Any] = {}
         heads_used: dict[str, str | None] = {}
         for kind in sorted(head_kinds):
@@ -395,7 +414,12 @@ class Runner:
             **({"eagle3_head": heads_used["eagle3"]} if "eagle3" in heads_used else {}),
             "device": str(loaded.target.device),
             "dtype": str(loaded.target.dtype).removeprefix("torch."),
+            "dtype_requested": config.dtype,
+            "compile": compiled,
+            "compile_requested": config.compile,
+            "dtype_reason": loaded.dtype_reason,
             "parameters": sum(p.numel() for p in loaded.target.model.parameters()),
+            "weight_bytes_per_token": weight_bytes_per_token(loaded.target.model),
             "stop_token_ids": sorted(chat.stop_token_ids),
             "max_context": loaded.target.max_context,
         }
@@ -530,6 +554,9 @@ class Runner:
                 if progress is not None:
                     progress.update(sum(1 for q in self.questions[cell.task.name] for r in range(cell.repeats) if not self._unit_done(cell, q, r)))
             return
+        bandwidths = self.manifest["hardware"].setdefault("read_bandwidth_bytes_per_s", {})
+        if loaded.info["device"] not in bandwidths:  # for the memory floor in reports; untimed
+            bandwidths[loaded.info["device"]] = measure_read_bandwidth(loaded.target.device)
         self.manifest["models"][config.name] = loaded.info
         self.manifest["hardware"]["devices"][config.name] = loaded.info["device"]
         self._write_manifest()
@@ -550,20 +577,53 @@ class Runner:
                             continue
                         if cell.cell_id not in warmed:
                             warmed.add(cell.cell_id)
+                            started = time.perf_counter()
                             try:
                                 self._warm_up(loaded, decoders[cell.cell_id], cell, self.questions[task.name][0])
                             except Exception as error:
                                 logger.warning("warm-up of %s failed: %s", cell.cell_id, error)
+                            # With compile on, the warm-up compiles this cell's shapes: never inside a timed region.
+                            self.manifest.setdefault("warmup_seconds", {})[cell.cell_id] = round(time.perf_counter() - started, 3)
                         self._run_question(loaded, decoders[cell.cell_id], cell, question, repeat, progress)
                         if progress is not None:
                             progress.update(1)
         for cell in todo:
             if cell.cell_id not in decoders and progress is not None:
                 progress.update(sum(1 for q in self.questions[cell.task.name] for r in range(cell.repeats) if not self._unit_done(cell, q, r)))
+        if loaded.target.dtype in HALF_PRECISION:
+            self._audit(config, loaded)
         del decoders, loaded
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _audit(self, config: ModelConfig, loaded: _Loaded) -> None:
+        """Classify this model's greedy half-precision mismatches with vanilla (harness.audit); untimed."""
+        from harness.models import load_model
+
+        questions = {(task, q.question_id): q for task, items in self.questions.items() for q in items}
+
+        def prompt_for(record: Mapping[str, Any]) -> list[int]:
+            question_id, repeat, turn = str(record["question_id"]), int(record["repeat"]), int(record["turn"])
+            answers = [str(self.done[(record["cell_id"], question_id, repeat, t)].get("output_text", "")).strip() for t in range(1, turn)]
+            return self._prompt_ids(loaded, questions[(record["task"], question_id)], turn, answers)
+
+        def reference() -> Any:
+            logger.info("lossless audit: loading %s in float32 to classify half-precision mismatches", config.name)
+            device = None if config.device_map else str(loaded.target.device)
+            return load_model(
+                config.source, gguf_file=config.gguf_file, dtype="float32", device=device, device_map=config.device_map, revision=config.revision
+            ).target
+
+        audited = {(r.get("cell_id"), r.get("repeat"), str(r.get("question_id")), r.get("turn")) for r in self.audit.read()}
+        records = [r for r in self.done.values() if r.get("model") == config.name]
+        try:
+            rows = audit_greedy_mismatches(records, dtype=loaded.target.dtype, prompt_for=prompt_for, reference_model=reference, already_audited=audited)
+        except Exception as error:  # the audit must not lose the run; unaudited mismatches count as unexplained
+            logger.warning("lossless audit of %s failed: %s", config.name, error)
+            return
+        for row in rows:
+            self.audit.append(row)
 
     def run(self) -> RunSummary:
         self._prepare_folder()

@@ -233,3 +233,22 @@ def test_a_group_pooling_different_heads_gets_a_note(tmp_path):
     summary = summarize(load_runs(d))
     assert "different head (builtin:a, random)" in row(summary, "mtbench", "eagle2")["note"]
     assert "pools" not in row(summary, "mtbench", "vanilla")["note"]
+
+
+def test_audited_near_tie_is_explained_and_unexplained_stays_a_failure(tmp_path):
+    """A half-precision audit row turns a difference into a near-tie (not a failure); an unexplained one stays."""
+    from harness.aggregate import AUDIT_FILE, load_runs, summarize
+
+    dirs = write_run(tmp_path)
+    run = load_runs(dirs)
+    bad = lossless_table(run.records)
+    bad = bad[bad["has_reference"] & ~bad["match"]].iloc[0]
+    cell_id = run.records[(run.records["question_id"] == bad["question_id"]) & (run.records["method"] == "eagle2")
+                          & (run.records["temperature"] == 0.0) & (run.records["task"] == "mtbench")]["cell_id"].iloc[0]
+    for kind, near_ties, mismatches in (("near_tie", 1, 0), ("unexplained", 0, 1)):
+        audit = {"schema": 1, "cell_id": cell_id, "repeat": 0, "question_id": bad["question_id"], "turn": int(bad["turn"]), "kind": kind,
+                 "position": 19, "logit_gap": 0.01, "margin": 0.5}
+        (dirs[-1] / AUDIT_FILE).write_text(json.dumps(audit) + "\n")
+        e2 = row(summarize(load_runs(dirs), n_boot=50), "mtbench", "eagle2")
+        assert (e2["lossless_compared"], e2["lossless_near_ties"], e2["lossless_mismatches"]) == (4, near_ties, mismatches)
+        assert ("LOSSLESS CHECK FAILED" in e2["note"]) == bool(mismatches)

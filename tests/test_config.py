@@ -265,3 +265,22 @@ def test_fallback_head_is_part_of_the_cell(tmp_path, monkeypatch):
     assert vanilla_later.cell_id == vanilla.cell_id
     other = load_suite(write(tmp_path, MINIMAL.replace("    head: random\n", "    head: some/other-head\n"), "other.yaml"))
     assert expand(other)[0].cell_id == vanilla.cell_id  # vanilla does not depend on the head
+
+
+def test_compile_setting_is_validated(tmp_path):
+    from harness.config import load_suite
+
+    text = """
+schema: 1
+name: s
+models:
+  - {name: m, source: tiny-random-llama, compile: sometimes}
+tasks: [{name: mt_bench, limit: 1}]
+methods: [vanilla]
+"""
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(Exception, match="compile.*allowed: auto, true, false"):
+        load_suite(path)
+    path.write_text(text.replace("sometimes", "true"))
+    assert load_suite(path).models[0].compile is True

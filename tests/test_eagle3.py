@@ -436,3 +436,24 @@ def test_other_families_return_the_layer_inputs_and_decode_losslessly(architectu
     expected = generate(target, ids.tolist(), max_new_tokens=20)
     record = generate(target, ids.tolist(), max_new_tokens=20, proposer=DynamicTreeProposer(head, target, depth=4, top_k=3, total_tokens=10))
     assert record.output_ids == expected.output_ids
+
+
+def test_static_path_returns_the_same_features_and_decodes_losslessly(deep_target):
+    """The static-shape target (padded trees, slot cache) gives EAGLE-3 the eager path's features."""
+    from eagle2.static import StaticTargetModel
+
+    static = StaticTargetModel(deep_target.model, compile=False, capacity=256)
+    spec = FeatureSpec(layer_inputs=eagle3_feature_layers(deep_target.num_layers))
+    prompt = torch.tensor(random_prompt(VOCAB, 9, 3))
+    tree = DraftTree.from_parents(torch.tensor([5, 6, 7, 8, 9]), torch.tensor([-1, 0, 0, 1, 1]))
+    eager_cache = deep_target.new_cache(64)
+    deep_target.forward(prompt, eager_cache, features=spec)
+    expected = deep_target.forward(tree.tokens, eager_cache, tree=tree, features=spec)
+    cache = static.new_cache(64)
+    static.forward(prompt, cache, features=spec)
+    got = static.forward(tree.tokens, cache, tree=tree, pad_to=16, features=spec)
+    torch.testing.assert_close(got.features, expected.features, rtol=1e-10, atol=1e-10)
+    head = eagle3_head(deep_target)
+    reference = generate(deep_target, prompt.tolist(), max_new_tokens=24)
+    record = generate(static, prompt.tolist(), max_new_tokens=24, proposer=DynamicTreeProposer(head, static, depth=4, top_k=3, total_tokens=10))
+    assert record.output_ids == reference.output_ids

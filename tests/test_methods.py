@@ -52,3 +52,29 @@ def test_hf_generate_sampling_is_seeded_by_our_generator(target):
         for s in (1, 1, 2)
     ]
     assert runs[0] == runs[1] != runs[2]
+
+
+def test_hf_generate_static_cache_decodes_like_vanilla(target):
+    prompt = random_prompt(target.vocab_size, 9, 4)
+    reference = METHODS["vanilla"].create(target, None)(prompt, max_new_tokens=16, sampling=SamplingConfig(), stop_token_ids=(), generator=None)
+    decoder = METHODS["hf_generate"].create(target, None, {"cache": "static"})
+    assert decoder(prompt, max_new_tokens=16, sampling=SamplingConfig(), stop_token_ids=(), generator=None).output_ids == reference.output_ids
+
+
+def test_hf_generate_compile_needs_a_static_cache(target):
+    with pytest.raises(ValueError, match="needs cache='static'"):
+        METHODS["hf_generate"].create(target, None, {"compile": True})
+    with pytest.raises(ValueError, match="'dynamic' or 'static'"):
+        METHODS["hf_generate"].resolve({"cache": "paged"})
+
+
+@pytest.mark.slow
+def test_hf_generate_compiled_static_cache_decodes_like_vanilla():
+    from conftest import tiny_llama
+
+    target = tiny_llama(dtype=torch.float32)
+    prompt = random_prompt(target.vocab_size, 9, 5)
+    reference = METHODS["vanilla"].create(target, None)(prompt, max_new_tokens=12, sampling=SamplingConfig(), stop_token_ids=(), generator=None)
+    decoder = METHODS["hf_generate"].create(target, None, {"cache": "static", "compile": True})
+    for _ in range(2):  # the second call runs the compiled step
+        assert decoder(prompt, max_new_tokens=12, sampling=SamplingConfig(), stop_token_ids=(), generator=None).output_ids == reference.output_ids

@@ -338,3 +338,36 @@ def test_eagle3_cells_run_with_their_own_head_and_are_lossless(tmp_path):
     assert outputs[("eagle3", 1)] == outputs[("vanilla", 1)] == outputs[("eagle2", 1)]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["models"]["deep"]["eagle3_head"] == str(tmp_path / "eagle3-head")
+
+
+def test_bfloat16_run_is_audited_and_reported(tmp_path):
+    """A half-precision run writes audit verdicts for its greedy mismatches; the report counts them."""
+    from harness.aggregate import load_runs, summarize
+
+    suite = make_suite(tmp_path, SUITE.replace("dtype: float64", "dtype: bfloat16").replace("max_new_tokens: 4", "max_new_tokens: 24")
+                       .replace("temperatures: [0, 1]", "temperatures: [0]"))
+    summary = run_suite(suite, options(tmp_path / "out"))
+    assert summary.status == "complete" and summary.failures == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["models"]["tiny"]["dtype"] == "bfloat16"
+    assert manifest["models"]["tiny"]["weight_bytes_per_token"] > 0
+    assert all(v > 0 for v in manifest["hardware"]["read_bandwidth_bytes_per_s"].values())
+    table = summarize(load_runs(tmp_path / "out"), n_boot=20)
+    greedy = table[table["method"] != "vanilla"]
+    audit = rows(tmp_path / "out", "audit.jsonl")
+    differing = int((greedy["lossless_near_ties"] + greedy["lossless_mismatches"]).sum())
+    assert differing == len(audit)  # every difference was audited (none left "unaudited")
+    assert int(greedy["lossless_mismatches"].sum()) == sum(r["kind"] == "unexplained" for r in audit)
+
+
+@pytest.mark.slow
+def test_compiled_model_gives_the_eager_outputs(tmp_path):
+    """compile: true runs the static-shape, torch.compile'd path; greedy outputs equal the eager run's."""
+    text = SUITE.replace("dtype: float64", "dtype: float32").replace("temperatures: [0, 1]", "temperatures: [0]").replace("limit: 2", "limit: 1")
+    eager = run_suite(make_suite(tmp_path, text), options(tmp_path / "eager"))
+    compiled = run_suite(make_suite(tmp_path, text.replace("head: random", "head: random\n    compile: true"), "c.yaml"), options(tmp_path / "compiled"))
+    assert eager.status == compiled.status == "complete" and compiled.failures == 0
+    outputs = {key(r): r["output_ids"] for r in rows(tmp_path / "eager")}
+    assert {key(r): r["output_ids"] for r in rows(tmp_path / "compiled")} == outputs
+    manifest = json.loads((tmp_path / "compiled" / "manifest.json").read_text())
+    assert manifest["models"]["tiny"]["compile"] is True and manifest["warmup_seconds"]

@@ -1,0 +1,122 @@
+"""The static-shape path: fixed-capacity slot cache, padded tree forwards, compiled = eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from eagle2 import DynamicTreeProposer, StaticTreeProposer, generate
+from eagle2.record import SamplingConfig
+from eagle2.static import StaticTargetModel, StaticTreeKVCache
+from eagle2.tree import DraftTree
+from conftest import random_prompt, tiny_head, tiny_llama
+
+
+@pytest.fixture(scope="module")
+def eager_target():
+    return tiny_llama(vocab_size=97, seed=0)
+
+
+@pytest.fixture(scope="module")
+def static_target(eager_target):
+    return StaticTargetModel(eager_target.model, compile=False, capacity=256)
+
+
+def test_padded_tree_forward_equals_unpadded(eager_target, static_target):
+    prompt = torch.tensor(random_prompt(97, 12, 1))
+    tree = DraftTree.from_parents(torch.tensor([5, 6, 7, 8, 9]), torch.tensor([-1, 0, 0, 1, 1]))
+    eager_cache = eager_target.new_cache(64)
+    eager_target.forward(prompt, eager_cache)
+    expected = eager_target.forward(tree.tokens, eager_cache, tree=tree)
+    for pad_to in (5, 8, 16):
+        cache = static_target.new_cache(64)
+        static_target.forward(prompt, cache)
+        got = static_target.forward(tree.tokens, cache, tree=tree, pad_to=pad_to)
+        assert got.hidden.shape[0] == tree.size and got.logits.shape[0] == tree.size
+        torch.testing.assert_close(got.logits, expected.logits, rtol=1e-10, atol=1e-10)
+        assert cache.length == prompt.numel() + tree.size
+
+
+def test_padding_never_leaks_into_later_steps(eager_target, static_target):
+    """Padding rows write garbage beyond the valid length; the next step must not see it."""
+    prompt = torch.tensor(random_prompt(97, 9, 2))
+    tree = DraftTree.from_parents(torch.tensor([3, 4, 5]), torch.tensor([-1, 0, 1]))
+    reference_cache = eager_target.new_cache(64)
+    eager_target.forward(prompt, reference_cache)
+    eager_target.forward(tree.tokens, reference_cache, tree=tree)
+    reference_cache.keep(prompt.numel(), [0, 2])
+    expected = eager_target.forward(torch.tensor([11]), reference_cache)
+    cache = static_target.new_cache(64)
+    static_target.forward(prompt, cache)
+    static_target.forward(tree.tokens, cache, tree=tree, pad_to=32)
+    cache.keep(prompt.numel(), [0, 2])
+    assert cache.length == prompt.numel() + 2
+    got = static_target.forward(torch.tensor([11]), cache)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-10, atol=1e-10)
+
+
+def test_cache_keep_moves_only_the_path():
+    cache = StaticTreeKVCache(num_layers=1, capacity=16, device=torch.device("cpu"))
+    layer = cache.layers[0]
+    layer.lazy_initialization(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
+    layer.keys[0, 0, :, 0] = torch.arange(16, dtype=layer.keys.dtype)
+    cache.length = 10
+    cache.keep(4, [0, 3, 5])
+    assert cache.length == 7
+    assert layer.keys[0, 0, :7, 0].tolist() == [0, 1, 2, 3, 4, 7, 9]
+    cache.keep(7, [0, 1])  # already packed: nothing moves
+    assert cache.length == 9
+
+
+def test_cache_is_reused_and_grows_when_needed(static_target):
+    first = static_target.new_cache(32)
+    assert static_target.new_cache(100) is first and first.length == 0
+    bigger = static_target.new_cache(first.capacity + 10)
+    assert bigger.capacity >= first.capacity + 10
+
+
+@pytest.mark.parametrize("make", [
+    lambda head, t: DynamicTreeProposer(head, t, depth=5, top_k=4, total_tokens=16),
+    lambda head, t: DynamicTreeProposer(head, t, depth=6, top_k=10, total_tokens=60),
+    lambda head, t: StaticTreeProposer(head, t),
+], ids=["eagle2-16", "eagle2-60", "eagle1"])
+@pytest.mark.parametrize("fixture", ["eager", "small_vocab"])
+def test_static_path_greedy_equals_eager_vanilla(request, fixture, make):
+    eager = request.getfixturevalue("eager_target") if fixture == "eager" else request.getfixturevalue("small_vocab_target")
+    static = StaticTargetModel(eager.model, compile=False, capacity=256)
+    head = tiny_head(eager)
+    for seed in range(4):
+        prompt = random_prompt(eager.vocab_size, 5 + 2 * seed, 40 + seed)
+        expected = generate(eager, prompt, max_new_tokens=40).output_ids
+        assert generate(static, prompt, max_new_tokens=40).output_ids == expected
+        record = generate(static, prompt, max_new_tokens=40, proposer=make(head, static))
+        assert record.output_ids == expected, f"seed {seed}"
+        assert sum(record.accept_lengths) == record.new_tokens
+
+
+def test_static_path_sampling_matches_eager_draws(eager_target, static_target):
+    """Same seed, same draws: the static path changes shapes, not the distribution or the random stream."""
+    head = tiny_head(eager_target)
+    sampling = SamplingConfig(temperature=1.0)
+    prompt = random_prompt(97, 8, 9)
+    outputs = [
+        generate(t, prompt, max_new_tokens=30, proposer=DynamicTreeProposer(head, t, depth=4, top_k=3, total_tokens=12),
+                 sampling=sampling, generator=torch.Generator().manual_seed(3)).output_ids
+        for t in (eager_target, static_target)
+    ]
+    assert outputs[0] == outputs[1]
+
+
+@pytest.mark.slow
+def test_compiled_static_path_equals_eager():
+    """torch.compile (inductor) of the fixed-shape forwards gives the eager outputs (float32, tiny model)."""
+    eager = tiny_llama(vocab_size=97, seed=4, dtype=torch.float32)
+    compiled = StaticTargetModel(eager.model, compile=True, capacity=512)
+    head = tiny_head(eager)
+    assert compiled.warm_up([16]) > 0
+    for seed in range(3):
+        prompt = random_prompt(97, 6 + seed, 60 + seed)
+        expected = generate(eager, prompt, max_new_tokens=32).output_ids
+        assert generate(compiled, prompt, max_new_tokens=32).output_ids == expected
+        proposer = DynamicTreeProposer(head, compiled, depth=5, top_k=4, total_tokens=16)
+        assert generate(compiled, prompt, max_new_tokens=32, proposer=proposer).output_ids == expected
