@@ -113,7 +113,8 @@ def generate(
     # The target features the proposer's head reads (Proposer.features; EAGLE-1/2's final-norm
     # output for a proposer that does not say), taken from the prefill and verification forwards.
     features = FINAL_NORM if proposer is None else getattr(proposer, "features", FINAL_NORM)
-    cache = target.new_cache(prompt.numel() + max_new_tokens + tree_room + 1)
+    # Generation stops at the context limit, so a huge max_new_tokens never needs more than the context.
+    cache = target.new_cache(min(prompt.numel() + max_new_tokens, target.max_context) + tree_room + 1)
     watch = Stopwatch(device, synchronize=profile)
     stats = StepStats()
     if lazy_logits is None:

@@ -170,7 +170,7 @@ class DraftHead(nn.Module):
         shape is checked against `embedding_shape` when given).
         """
         folder = _resolve_head_folder(path, revision)
-        config = LlamaConfig(**json.loads((folder / CONFIG_NAME).read_text()))
+        config = _read_config(folder / CONFIG_NAME)
         state = _read_weights(folder)
         head = cls(config)
         embedding = state.pop(EMBEDDING_KEY, None)
@@ -192,9 +192,10 @@ class DraftHead(nn.Module):
                 raise ValueError(f"{folder}: {key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
         head.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
         if (folder / DRAFT_VOCAB_NAME).is_file():
-            from safetensors.torch import load_file
-
-            head.draft_vocab = load_file(str(folder / DRAFT_VOCAB_NAME))["token_ids"].long()
+            vocab = _load_safetensors(folder / DRAFT_VOCAB_NAME)
+            if "token_ids" not in vocab:
+                raise KeyError(f"{folder / DRAFT_VOCAB_NAME}: no tensor 'token_ids'; found: {sorted(vocab) or 'none'}")
+            head.draft_vocab = vocab["token_ids"].long()
         return head
 
     def save_pretrained(self, folder: str | Path, *, embedding: torch.Tensor | None = None, extra_config: dict | None = None) -> Path:
@@ -232,13 +233,48 @@ def _resolve_head_folder(path: str | Path, revision: str | None) -> Path:
     return Path(snapshot_download(str(path), revision=revision, allow_patterns=[CONFIG_NAME, "*.safetensors", "*.bin"]))
 
 
+def _read_config(path: Path) -> LlamaConfig:
+    """The head's LlamaConfig; a file that is not a JSON object of config fields is a ValueError naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a valid JSON head config ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a head config is a JSON object of LlamaConfig fields, got {type(data).__name__}")
+    required = ("hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+    missing = [key for key in required if key not in data]
+    bad = [f"{key}={data[key]!r}" for key in required if key in data and (not isinstance(data[key], int) or isinstance(data[key], bool) or data[key] < 1)]
+    if missing or bad:
+        raise ValueError(
+            f"{path}: a head config needs positive integers {', '.join(required)}; "
+            f"missing: {', '.join(missing) or 'none'}; invalid: {', '.join(bad) or 'none'}"
+        )
+    try:
+        return LlamaConfig(**data)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a valid head config ({error})") from error
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+
+
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / SAFETENSORS_NAME).is_file():
-        from safetensors.torch import load_file
-
-        return load_file(str(folder / SAFETENSORS_NAME))
+        return _load_safetensors(folder / SAFETENSORS_NAME)
     if (folder / TORCH_NAME).is_file():
-        return torch.load(folder / TORCH_NAME, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            return torch.load(folder / TORCH_NAME, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+            raise ValueError(f"{folder / TORCH_NAME}: not a tensors-only PyTorch weights file ({error})") from error
     raise FileNotFoundError(f"{folder}: neither {SAFETENSORS_NAME} nor {TORCH_NAME} found")
 
 

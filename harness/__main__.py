@@ -1,18 +1,21 @@
 """The command line: python -m harness {run, report, check, ls, validate, train} (also: eagle2-bench ...).
 
-    python -m harness run suites/mtbench.yaml --data-dir ../shared/data     # -> results/mtbench/
-    python -m harness report results/mtbench                              # -> reports/mtbench/
-    python -m harness check results/smoke --baseline baselines/smoke.json
+    python -m harness run mtbench --data-dir ../shared/data   # -> runs/mtbench/<UTC timestamp>/
+    python -m harness report mtbench                          # latest run of mtbench -> runs/mtbench/<timestamp>/report/
+    python -m harness check smoke --baseline my-baseline.json   # make it first with --write-baseline
     python -m harness ls
     python -m harness validate suites/tree-sweep.yaml
 
-Logging is configured here and nowhere else.
+Exit status: 0 done; 1 some generations failed (run) or a regression (check); 2 bad input (a bad
+suite, argument, data file, baseline, or an output folder that is busy, read-only or full);
+130 interrupted. Logging is configured here and nowhere else.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import textwrap
@@ -23,8 +26,12 @@ logger = logging.getLogger("harness")
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run had failures / the check found regressions
-EXIT_USAGE = 2  # a bad suite, argument or missing file
+EXIT_USAGE = 2  # bad input: a bad suite, argument, data file or baseline; an output folder in use, read-only or full
 EXIT_INTERRUPTED = 130
+EXIT_STATUS_HELP = (
+    "exit status: 0 done, 1 some generations failed (run; see failures.jsonl) or a regression (check), "
+    "2 bad input (suite, arguments, data, a malformed baseline, an output folder in use, read-only or full), 130 interrupted"
+)
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -40,8 +47,8 @@ def _temperatures(text: str) -> list[float]:
         values = [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas (e.g. 0,1), got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"temperatures must be numbers >= 0, got {text!r}")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be finite numbers >= 0, got {text!r}")
     return values
 
 
@@ -72,7 +79,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from harness.config import apply_overrides, load_suite
-    from harness.runner import RunExistsError, RunOptions, default_output_dir, run_suite
+    from harness.lock import RunLockedError
+    from harness.results import OutputFolderError
+    from harness.runner import RunExistsError, RunOptions, default_output_dir, latest_run_dir, run_suite
     from harness.tasks import DataSource
 
     suite = load_suite(args.suite)
@@ -90,13 +99,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = apply_overrides(suite, limit=args.limit, max_new_tokens=args.max_new_tokens, temperatures=args.temperatures, device=args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else default_output_dir(suite, args.shard)
+    if args.out:
+        out = Path(args.out)
+    elif args.resume:  # the latest run of this suite
+        out = latest_run_dir(suite.name, shard=args.shard)
+        print(f"resuming {out}", file=sys.stderr)
+    else:
+        out = default_output_dir(suite, args.shard)
     options = RunOptions(
         out_dir=out,
         data=DataSource.from_env(args.data_dir),
         resume=args.resume,
         shard=args.shard,
-        execute_code=args.execute_code,
+        execute_code=args.execute_code is not None,
+        code_isolation=args.execute_code or "sandbox",
         progress=not args.no_progress,
         overrides=overrides,
     )
@@ -108,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         previous = None
     try:
         summary = run_suite(suite, options)
-    except RunExistsError as error:
+    except (RunExistsError, RunLockedError, OutputFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:
@@ -123,30 +139,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if summary.failures else EXIT_OK
 
 
-def _run_name(run_dir: Path) -> str:
-    return run_dir.parent.name if run_dir.name.startswith("shard-") else run_dir.name
+def resolve_run_dir(text: str) -> Path:
+    """A run folder as given; else the latest run under runs/ of a suite (its name or its file)."""
+    from harness.config import load_suite, resolve_suite_path
+    from harness.runner import RUNS_ROOT, latest_run_dir
+
+    path = Path(text)
+    if path.is_dir():
+        return path
+    if (RUNS_ROOT / text).is_dir():
+        return latest_run_dir(text)
+    try:
+        suite_file = resolve_suite_path(text)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{text!r} is neither a run folder nor a suite (name or file) with runs in {RUNS_ROOT}/; give a run folder "
+            f"(e.g. {RUNS_ROOT}/<suite>/<timestamp> or results/<name>) or a suite name such as mtbench"
+        ) from None
+    return latest_run_dir(load_suite(suite_file).name)
+
+
+def default_report_dir(run_dir: Path) -> Path:
+    """Beside a run under runs/ (`<run>/report`, git-ignored); `reports/<name>` for curated runs elsewhere."""
+    from harness.runner import RUNS_ROOT
+
+    try:
+        run_dir.resolve().relative_to(RUNS_ROOT.resolve())
+    except ValueError:
+        name = run_dir.parent.name if run_dir.name.startswith("shard-") else run_dir.name
+        return Path("reports") / name
+    return run_dir / "report"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import write_report
 
-    runs = [Path(text) for text in args.run_dirs]  # load_runs expands a folder of shards
-    out = Path(args.out) if args.out else Path("reports") / _run_name(runs[0])
+    runs = [resolve_run_dir(text) for text in args.runs]  # load_runs expands a folder of shards
+    out = Path(args.out) if args.out else default_report_dir(runs[0])
     path = write_report(runs, out)
     print(f"report: {path}")
     return EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from harness.check import run_check, write_baseline
+    from harness.check import BaselineError, QuestionsDifferError, run_check, write_baseline
 
-    run_dir = Path(args.run_dir)
+    run_dir = resolve_run_dir(args.run)
     if args.write_baseline:
         path = write_baseline(run_dir, Path(args.baseline), tau_rel_tol=args.tau_rel_tol, speedup_rel_tol=args.speedup_rel_tol)
         print(f"baseline written: {path}")
         return EXIT_OK
-    ok, table = run_check(run_dir, Path(args.baseline), tau_rel_tol=args.tau_rel_tol, speedup_rel_tol=args.speedup_rel_tol)
+    try:
+        ok, table = run_check(run_dir, Path(args.baseline), tau_rel_tol=args.tau_rel_tol, speedup_rel_tol=args.speedup_rel_tol,
+                              allow_different_questions=args.allow_different_questions)
+    except (BaselineError, QuestionsDifferError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     print(table)
+    if "differ from the baseline's" in table:
+        print("warning: the run's questions differ from the baseline's (--allow-different-questions)", file=sys.stderr)
+    if "**Warning (timing):**" in table:
+        print("warning: some cells were timed while the machine was busy; see the table's warnings", file=sys.stderr)
     print("check passed" if ok else "check FAILED: see the table above", file=sys.stderr if not ok else sys.stdout)
     return EXIT_OK if ok else EXIT_FAILED
 
@@ -216,7 +269,7 @@ DESCRIPTION = textwrap.dedent(
 
     A suite (YAML, see suites/ and `ls`) crosses models x tasks x methods (x parameter sweeps) x
     temperatures x seeds into cells; `run` writes one JSON line per (cell, question, turn) to
-    <out>/results.jsonl with a manifest.json, resumable with --resume; `report` turns run folders
+    runs/<suite>/<UTC timestamp>/results.jsonl with a manifest.json, resumable with --resume; `report` turns runs
     into tables and figures; `check` compares a run with a committed baseline; `train` builds an
     EAGLE draft head for a model (prompts -> self-distillation -> training -> evaluation).
     """
@@ -226,7 +279,8 @@ DESCRIPTION = textwrap.dedent(
 def build_parser() -> argparse.ArgumentParser:
     from harness.check import DEFAULT_SPEEDUP_REL_TOL, DEFAULT_TAU_REL_TOL
 
-    parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION, epilog=EXIT_STATUS_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -238,47 +292,58 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=textwrap.dedent(
             """\
             examples:
-              python -m harness run suites/mtbench.yaml --data-dir ../shared/data
+              python -m harness run mtbench --data-dir ../shared/data       # -> runs/mtbench/<UTC timestamp>/
               python -m harness run suites/tree-sweep.yaml --limit 2 --max-new-tokens 64 --temperatures 0
-              python -m harness run suites/mtbench.yaml --resume              # after Ctrl-C or a crash
+              python -m harness run mtbench --data-dir ../shared/data --resume   # the same command + --resume: continues the latest run
               python -m harness run suites/paper/vicuna-7b-v1.3.yaml --shard 1/4   # on machine 1 of 4
-            exit status: 0 all done, 1 some generations failed (see failures.jsonl), 2 bad input, 130 interrupted
+            one progress step = one answer (a question's turn, for one method configuration and repeat)
             """
-        ),
+        ) + EXIT_STATUS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("suite", help="suite file, or a name in suites/ (e.g. mtbench)")
     run.add_argument("--limit", type=_positive, metavar="N", help="questions per task (overrides every task's limit)")
     run.add_argument("--max-new-tokens", type=_positive, metavar="N", help="new tokens per answer (overrides every task's)")
     run.add_argument("--temperatures", type=_temperatures, metavar="T[,T...]", help="sampling temperatures, e.g. 0 or 0,1 (overrides the suite's)")
-    run.add_argument("--out", metavar="DIR", help="output folder (default: results/<suite name>[/shard-I-of-N])")
+    run.add_argument("--out", metavar="DIR", help="output folder (default: a new runs/<suite name>/<UTC timestamp>[/shard-I-of-N]; "
+                     "with --resume, the latest one); locked while the run writes")
     run.add_argument("--data-dir", metavar="DIR",
                      help="folder with mt_bench/question.jsonl, gsm8k/test.jsonl, ... (default: $EAGLE2_DATA_DIR; "
                           "else pinned upstream files are downloaded, sha256-checked and cached)")
     run.add_argument("--device", metavar="DEV", help="auto | cpu | cuda | cuda:N | mps for every model (overrides the suite's)")
     run.add_argument("--threads", type=_positive, metavar="N", help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--resume", action="store_true", help="continue a run in --out: finished (cell, question, turn) records are kept and skipped")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out (default: the suite's latest run) with the same options: finished (cell, question, "
+                          "turn) records are kept and skipped; refused if the options, suite, question files, weights or head changed")
     run.add_argument("--shard", type=_shard, metavar="I/N", help="run only shard I of N (cells split round-robin); report merges shard folders")
-    run.add_argument("--execute-code", action="store_true",
-                     help="score HumanEval pass@1 by executing the model's code in a subprocess with a timeout (untrusted code!)")
+    run.add_argument("--execute-code", nargs="?", const="sandbox", choices=("sandbox", "unsafe"), metavar="sandbox|unsafe",
+                     help="score HumanEval pass@1 by executing the model's code (untrusted!): in a sandbox (own network, PID and "
+                          "mount namespaces, read-only files, user nobody, resource limits; refused where unavailable), or with "
+                          "=unsafe in a plain subprocess with resource limits only (write --execute-code=MODE, or put it after the suite)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 
     report = commands.add_parser("report", help="tables and figures from run folders",
-                                 description="Aggregate one or more run folders (shards merge) into reports/<run name>/.")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s); a folder of shard-* folders counts as all of them")
-    report.add_argument("--out", metavar="DIR", help="report folder (default: reports/<name of the first run folder>)")
+                                 description="Aggregate one or more runs (shards merge) into Markdown and LaTeX tables and figures.",
+                                 epilog=EXIT_STATUS_HELP)
+    report.add_argument("runs", nargs="+", metavar="RUN",
+                        help="a run folder (a folder of shard-* folders counts as all of them), or a suite name or file: its latest run in runs/")
+    report.add_argument("--out", metavar="DIR",
+                        help="report folder (default: <run>/report for a run under runs/, else reports/<name of the run folder>)")
     report.set_defaults(func=cmd_report)
 
     check = commands.add_parser("check", help="compare a run with a baseline (exit 1 on regression)",
-                                description="Compare tau, speedup and losslessness of a run with a committed baseline under tolerances.")
-    check.add_argument("run_dir", metavar="RUN_DIR")
+                                description="Compare tau, speedup and losslessness of a run with a committed baseline under tolerances.",
+                                epilog=EXIT_STATUS_HELP + "; a baseline that is not valid JSON, has no groups or null values is bad input (2)")
+    check.add_argument("run", metavar="RUN", help="a run folder, or a suite name or file: its latest run in runs/")
     check.add_argument("--baseline", required=True, metavar="FILE", help="baseline JSON (write one with --write-baseline)")
     check.add_argument("--tau-rel-tol", type=float, default=DEFAULT_TAU_REL_TOL, metavar="X",
                        help=f"allowed relative change of tau, either way (default {DEFAULT_TAU_REL_TOL})")
     check.add_argument("--speedup-rel-tol", type=float, default=DEFAULT_SPEEDUP_REL_TOL, metavar="X",
                        help=f"allowed relative drop of speedup (default {DEFAULT_SPEEDUP_REL_TOL})")
-    check.add_argument("--write-baseline", action="store_true", help="write RUN_DIR's numbers to --baseline instead of checking")
+    check.add_argument("--write-baseline", action="store_true", help="write RUN's numbers to --baseline instead of checking")
+    check.add_argument("--allow-different-questions", action="store_true",
+                       help="compare even when the run's questions differ from the baseline's (with a warning); default: refused, exit 2")
     check.set_defaults(func=cmd_check)
 
     import harness.train
@@ -320,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         if args.verbose:
             logger.exception("details")
+        return EXIT_USAGE
+    except OSError as error:  # a read-only or full folder, a file in place of a folder: name the path
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted: finished records are kept; continue with the same command and --resume", file=sys.stderr)

@@ -23,6 +23,14 @@ A *group* is (model, task, method, params, temperature), ``params`` being the ca
 - ``draft_tokens_per_step``: tokens sent to the target per forward, pooled over forwards.
 - ``accuracy``: mean of ``correct`` over the records that have it (GSM8K, HumanEval).
 - ``failures``: recorded failures of the group that no later record superseded.
+- ``others_cores``: CPU cores that other processes used, on average, while the group's answers
+  were timed (the larger of the per-process and the whole-machine count, plus hypervisor steal);
+  ``cpu_per_wall``: this process's CPU time per wall second over the same regions;
+  ``repeat_spread``: the largest max/min ratio of tokens/s among repeats of one sample (NaN
+  without repeats). ``timing_flag`` says why the group's timing is not trustworthy ("" when it
+  is): others used ≥ ``CONTENTION_CORES`` cores, the process got < ``MIN_CPU_PER_WALL`` of a core
+  on a CPU device, repeats spread more than ``MAX_REPEAT_SPREAD``×, or its vanilla reference has
+  such a flag (a speedup is only as good as both timings).
 - ``lossless_compared`` / ``lossless_near_ties`` / ``lossless_mismatches``: at temperature 0, every
   non-vanilla output is compared with vanilla's ``output_ids`` for the same (model, task, seed,
   question, turn). In float32/float64 any difference is a mismatch (speculative decoding must be
@@ -44,6 +52,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.results import read_jsonl
+
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
@@ -62,6 +72,11 @@ SAMPLE_KEYS: tuple[str, ...] = ("seed", "question_id", "turn")
 # Parts of a cell's identity that GROUP_KEYS leave out: one group mixing them (runs or shards run
 # with other overrides, a head fallback) gets a note instead of silently pooled numbers.
 POOLING_WARNING_KEYS: tuple[str, ...] = ("head", "max_new_tokens", "top_p", "top_k", "model_source")
+
+# Timing under contention (see harness.machine_load): thresholds of the flag.
+CONTENTION_CORES = 0.5  # other processes using at least half a core on average during the timed regions
+MIN_CPU_PER_WALL = 0.5  # this process getting less than half a core while it ran (CPU devices only)
+MAX_REPEAT_SPREAD = 1.5  # tokens/s of repeats of one sample differing by more than this factor
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -96,6 +111,7 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "output_text": "",
     "finished_at": "",
     "correct": None,
+    "load": None,  # the machine's load over the timed region (harness.machine_load); None: not recorded
 }
 _LIST_FIELDS = ("accept_lengths", "depth_reached", "depth_accepted", "confidence_checked", "confidence_accepted")
 
@@ -167,26 +183,6 @@ def _shard_dirs(path: Path) -> list[Path]:
     return inner or [path]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON object of a JSONL file; a torn last line (a crash mid-write) is skipped."""
-    rows: list[dict[str, Any]] = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines):
-                logger.warning("%s:%d: skipping a truncated last line (%s)", path, number, error)
-                continue
-            raise ValueError(f"{path}:{number}: not valid JSON ({error})") from error
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
 def _normalise_record(row: dict[str, Any], where: str) -> dict[str, Any]:
     schema = row.get("schema", SCHEMA_VERSION)
     if schema != SCHEMA_VERSION:
@@ -228,17 +224,17 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
                 f"{run_dir} is not a run directory: expected {RESULTS_FILE}, {FAILURES_FILE} or {MANIFEST_FILE} in it"
             )
         if results_path.exists():
-            for i, row in enumerate(_read_jsonl(results_path)):
+            for i, row in enumerate(read_jsonl(results_path)):
                 records.append(_normalise_record(row, f"{results_path} record {i + 1}"))
         if failures_path.exists():
-            for row in _read_jsonl(failures_path):
+            for row in read_jsonl(failures_path):
                 row = dict(row)
                 row["params"] = canonical_params(row.get("method_params"))
                 row["temperature"] = float(row["temperature"]) if row.get("temperature") is not None else math.nan
                 row["question_id"] = None if row.get("question_id") is None else str(row["question_id"])
                 failures.append(row)
         if (run_dir / AUDIT_FILE).exists():
-            audits.extend(_read_jsonl(run_dir / AUDIT_FILE))
+            audits.extend(read_jsonl(run_dir / AUDIT_FILE))
         if manifest_path.exists():
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             manifest = dict(manifest, _run_dir=str(run_dir))
@@ -501,8 +497,14 @@ def summarize(
             if row["lossless_mismatches"]:
                 notes.append(f"LOSSLESS CHECK FAILED: {row['lossless_mismatches']} of {row['lossless_compared']} outputs differ from vanilla"
                              + (" (unexplained by a near-tie)" if row["lossless_near_ties"] else ""))
+            row.update(_timing(group))
             row["note"] = "; ".join(notes)
             rows.append(row)
+        vanilla_flags = {(r["model"], r["task"], r["temperature"]): r["timing_flag"] for r in rows if r["method"] == VANILLA}
+        for row in rows:
+            flag = vanilla_flags.get((row["model"], row["task"], row["temperature"]), "")
+            if row["method"] != VANILLA and flag:
+                row["timing_flag"] = "; ".join(filter(None, [row["timing_flag"], f"its vanilla reference: {flag}"]))
 
     # Failures: counted per group; a group that only failed still gets a row.
     failure_counts: dict[tuple, int] = {}
@@ -526,7 +528,8 @@ def summarize(
         "speedup", "speedup_lo", "speedup_hi", "n_paired", "tau", "target_forwards",
         *(f"alpha_d{d}" for d in range(1, max_depth + 1)),
         "prefill_share", "draft_share", "verify_share", "other_share", "draft_tokens_per_step",
-        "accuracy", "n_scored", "failures", "lossless_compared", "lossless_near_ties", "lossless_mismatches", "note",
+        "accuracy", "n_scored", "failures", "lossless_compared", "lossless_near_ties", "lossless_mismatches",
+        "others_cores", "cpu_per_wall", "repeat_spread", "timing_flag", "note",
     ]
     summary = pd.DataFrame(rows, columns=columns)
     if summary.empty:
@@ -534,9 +537,67 @@ def summarize(
     for name in ("n_questions", "n_samples", "new_tokens", "n_paired", "target_forwards", "n_scored", "failures", "lossless_compared", "lossless_near_ties", "lossless_mismatches"):
         summary[name] = summary[name].fillna(0).astype(int)
     summary["note"] = summary["note"].fillna("")
+    summary["timing_flag"] = summary["timing_flag"].fillna("")
     summary["_vanilla_last"] = summary["method"] != VANILLA
     summary = summary.sort_values(["model", "task", "temperature", *by, "_vanilla_last", "method", "params"], kind="stable")
     return summary.drop(columns="_vanilla_last").reset_index(drop=True)
+
+
+def _timing(group: pd.DataFrame) -> dict[str, Any]:
+    """Machine load and repeat spread of one group's timed regions, and the flag (see the module doc)."""
+    loads = [x for x in group["load"] if isinstance(x, Mapping) and x.get("wall_s")] if "load" in group else []
+    wall = sum(float(x["wall_s"]) for x in loads)
+    others = sum(
+        max(float(x.get("others_cpu_s") or 0.0), float(x.get("system_others_cpu_s") or 0.0)) + float(x.get("steal_s") or 0.0)
+        for x in loads
+    )
+    own = sum(float(x.get("own_cpu_s") or 0.0) for x in loads)
+    others_cores = others / wall if wall > 0 else math.nan
+    cpu_per_wall = own / wall if wall > 0 else math.nan
+    on_cpu = bool(loads) and all(x.get("device", "cpu") == "cpu" for x in loads)
+    spread = math.nan
+    if "repeat" in group and group["repeat"].nunique() > 1:
+        tps = group["new_tokens"] / group["wall_time_s"].where(group["wall_time_s"] > 0)
+        per_sample = tps.groupby([group[k] for k in SAMPLE_KEYS]).agg(["max", "min", "count"])
+        per_sample = per_sample[(per_sample["count"] > 1) & (per_sample["min"] > 0)]
+        if len(per_sample):
+            spread = float((per_sample["max"] / per_sample["min"]).max())
+    flags = []
+    if others_cores >= CONTENTION_CORES:
+        busiest = _busiest(loads)
+        flags.append(f"timed under contention: other processes used {others_cores:.2f} cores on average" + (f" ({busiest})" if busiest else ""))
+    if on_cpu and cpu_per_wall < MIN_CPU_PER_WALL:
+        flags.append(f"the run got only {cpu_per_wall:.2f} of a core while timed")
+    if spread > MAX_REPEAT_SPREAD:
+        flags.append(f"repeats of one sample differ up to {spread:.2f}x in tokens/s")
+    return {"others_cores": others_cores, "cpu_per_wall": cpu_per_wall, "repeat_spread": spread, "timing_flag": "; ".join(flags)}
+
+
+def _busiest(loads: Sequence[Mapping[str, Any]]) -> str:
+    """The other processes seen busy most often, e.g. `python (pid 123)`."""
+    seen: dict[tuple[int, str], float] = {}
+    for load in loads:
+        for proc in load.get("busy_processes") or []:
+            key = (int(proc.get("pid", 0)), str(proc.get("name", "?")))
+            seen[key] = seen.get(key, 0.0) + float(proc.get("cores", 0.0)) * float(load["wall_s"])
+    top = sorted(seen.items(), key=lambda item: -item[1])[:3]
+    return ", ".join(f"{name} (pid {pid})" for (pid, name), _ in top)
+
+
+def timing_warnings(summary: pd.DataFrame) -> list[str]:
+    """One sentence per kind of untrustworthy timing in a summary (empty when every group is fine)."""
+    if summary.empty or "timing_flag" not in summary:
+        return []
+    flagged = summary[summary["timing_flag"] != ""]
+    if flagged.empty:
+        return []
+    names = [f"{r.model}/{r.task}/{r.method}{' ' + r.params if r.params else ''}/T={r.temperature:g}" for r in flagged.itertuples()]
+    worst = flagged["others_cores"].max()
+    return [
+        f"{len(flagged)} of {len(summary)} cells have untrustworthy timings ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''})"
+        + (f"; up to {worst:.2f} cores were used by other processes while they were timed" if np.isfinite(worst) and worst >= CONTENTION_CORES else "")
+        + ". Their tokens/s and speedups are not publishable: rerun them on a quiet machine."
+    ]
 
 
 def depth_table(run: RunData) -> pd.DataFrame:

@@ -1,13 +1,14 @@
 """Regression check: compare a run's summary with a committed baseline file.
 
-Baseline file (JSON, written by :func:`write_baseline`)::
+Baseline file (JSON, written by ``python -m harness check RUN --baseline FILE --write-baseline``)::
 
     {
       "schema": 1,
       "kind": "eagle2-bench baseline",
       "created_at": "2025-01-01T00:00:00Z",
       "tolerances": {"tau_rel_tol": 0.05, "speedup_rel_tol": 0.15},   # what the check used when written
-      "provenance": {"run_dirs": [...], "run_id": ..., "suite": ..., "git_sha": ..., "hardware": {...}, "versions": {...}},
+      "provenance": {"run_dirs": [...], "run_id": ..., "suite": ..., "git_sha": ..., "hardware": {...}, "versions": {...},
+                     "questions": {"<task>": ["<question id>", ...]}},
       "groups": {
         "<model>|<task>|<method>|<params>|T=<temperature>": {
           "model": ..., "task": ..., "method": ..., "params": ..., "temperature": 0.0,
@@ -28,6 +29,15 @@ Rules (the tolerances are relative: |current - baseline| / baseline):
 - ``failures``: fails when above the baseline's count.
 - A baseline group missing from the run fails; a group only in the run is listed as new and passes.
 
+- The run must hold the baseline's questions, task by task: a run of other questions is refused
+  (:class:`QuestionsDifferError`, exit status 2) unless ``allow_different_questions``, which turns
+  the refusal into a warning at the top of the report.
+- A baseline that cannot be checked against (not JSON, another kind or schema, no groups, a group
+  without a number of samples or τ, counts that are not integers) is bad input
+  (:class:`BaselineError`, exit status 2), never a vacuous pass and never a regression (exit 1).
+- Cells timed while the machine was busy (see :mod:`harness.machine_load`) are listed with a
+  warning: their speedups say more about the machine than about the method.
+
 The tolerances passed to :func:`run_check` are the ones applied; the baseline's are shown for
 reference.
 """
@@ -42,13 +52,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.aggregate import RunData, group_key, load_runs, summarize
+from harness.aggregate import RunData, group_key, load_runs, summarize, timing_warnings
 
 BASELINE_SCHEMA = 1
 BASELINE_KIND = "eagle2-bench baseline"
 DEFAULT_TAU_REL_TOL = 0.05
 DEFAULT_SPEEDUP_REL_TOL = 0.15
 _METRICS = ("n_samples", "tau", "speedup", "tokens_per_s", "lossless_compared", "lossless_mismatches", "failures")
+_COUNTS = ("n_samples", "lossless_compared", "lossless_mismatches", "failures")
+WRITE_HINT = "make one from a run you trust with: python -m harness check RUN --baseline FILE --write-baseline"
+
+
+class BaselineError(ValueError):
+    """A baseline file that cannot be checked against: bad input (exit 2), not a regression."""
+
+
+class QuestionsDifferError(ValueError):
+    """The run's questions are not the baseline's: its numbers are not comparable (exit 2)."""
 
 
 def _number(value: Any) -> float | int | None:
@@ -75,10 +95,18 @@ def _groups(run: RunData) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _questions(run: RunData) -> dict[str, list[str]]:
+    """task -> sorted question ids that have records."""
+    if run.records.empty:
+        return {}
+    return {str(task): sorted(map(str, frame["question_id"].unique())) for task, frame in run.records.groupby("task")}
+
+
 def _provenance(run: RunData) -> dict[str, Any]:
     first = run.manifests[0] if run.manifests else {}
     suite = first.get("suite")
     return {
+        "questions": _questions(run),
         "run_dirs": [str(d) for d in run.run_dirs],
         "run_id": first.get("run_id"),
         "suite": suite.get("name") if isinstance(suite, dict) else suite,
@@ -119,17 +147,65 @@ def write_baseline(
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
+    """The baseline at `path`, validated; BaselineError (bad input) when it cannot be checked against."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"baseline file {path} does not exist (make one with harness.check.write_baseline)")
-    data = json.loads(path.read_text(encoding="utf-8"))
+        raise FileNotFoundError(f"baseline file {path} does not exist; {WRITE_HINT}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BaselineError(f"baseline {path} is not valid JSON ({error}); {WRITE_HINT}") from error
     if not isinstance(data, dict) or data.get("kind") != BASELINE_KIND:
-        raise ValueError(f"{path} is not an eagle2-bench baseline file (expected \"kind\": \"{BASELINE_KIND}\")")
+        raise BaselineError(f"{path} is not an eagle2-bench baseline file (expected \"kind\": \"{BASELINE_KIND}\"); {WRITE_HINT}")
     if data.get("schema") != BASELINE_SCHEMA:
-        raise ValueError(f"{path}: baseline schema {data.get('schema')!r} is not supported (expected {BASELINE_SCHEMA})")
-    if not isinstance(data.get("groups"), dict):
-        raise ValueError(f"{path}: \"groups\" must be an object keyed by group")
+        raise BaselineError(f"{path}: baseline schema {data.get('schema')!r} is not supported (expected {BASELINE_SCHEMA})")
+    groups = data.get("groups")
+    if not isinstance(groups, dict) or not groups:
+        raise BaselineError(f"{path}: \"groups\" must be a non-empty object keyed by group (got {json.dumps(groups)}): "
+                            f"a baseline without groups would pass any run; {WRITE_HINT}")
+    problems = []
+    for key, entry in groups.items():
+        if not isinstance(entry, dict):
+            problems.append(f"group {key!r} is {json.dumps(entry)}, not an object")
+            continue
+        for name in _COUNTS:
+            value = entry.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problems.append(f"group {key!r}: {name} is {json.dumps(value)}, expected an integer >= 0")
+        for name in ("tau", "speedup"):
+            value = entry.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0):
+                problems.append(f"group {key!r}: {name} is {json.dumps(value)}, expected a positive number or null")
+        if isinstance(entry.get("n_samples"), int) and entry["n_samples"] > 0 and entry.get("tau") is None:
+            problems.append(f"group {key!r}: tau is null although n_samples is {entry['n_samples']}")
+    if not problems and not any(isinstance(e, dict) and e.get("n_samples") for e in groups.values()):
+        problems.append("no group has samples (every n_samples is 0): nothing to compare with")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise BaselineError(f"{path}: not a usable baseline: {shown}")
+    questions = (data.get("provenance") or {}).get("questions")
+    if questions is not None and (not isinstance(questions, dict) or not all(isinstance(v, list) for v in questions.values())):
+        raise BaselineError(f"{path}: provenance.questions must map task names to lists of question ids, got {json.dumps(questions)[:200]}")
     return data
+
+
+def compare_questions(baseline: dict[str, list[str]] | None, run: dict[str, list[str]]) -> list[str]:
+    """What differs between the baseline's and the run's questions, task by task ([] = the same)."""
+    if baseline is None:
+        return []
+    out = []
+    for task in sorted(set(baseline) | set(run)):
+        base, mine = set(map(str, baseline.get(task, []))), set(run.get(task, []))
+        if base == mine:
+            continue
+        missing, extra = sorted(base - mine), sorted(mine - base)
+        parts = [f"{len(mine)} question(s) in the run vs {len(base)} in the baseline"]
+        if missing:
+            parts.append("missing " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else ""))
+        if extra:
+            parts.append("not in the baseline " + ", ".join(extra[:8]) + (" ..." if len(extra) > 8 else ""))
+        out.append(f"task {task}: " + "; ".join(parts))
+    return out
 
 
 @dataclass(frozen=True)
@@ -193,6 +269,7 @@ def run_check(
     *,
     tau_rel_tol: float = DEFAULT_TAU_REL_TOL,
     speedup_rel_tol: float = DEFAULT_SPEEDUP_REL_TOL,
+    allow_different_questions: bool = False,
 ) -> tuple[bool, str]:
     """Compare a run (a directory, or a list of shard directories) with a baseline file.
 
@@ -201,6 +278,14 @@ def run_check(
     """
     base = load_baseline(baseline)
     run = load_runs(_as_dirs(run_dir))
+    differences = compare_questions((base.get("provenance") or {}).get("questions"), _questions(run))
+    if differences and not allow_different_questions:
+        raise QuestionsDifferError(
+            f"the run in {', '.join(map(str, run.run_dirs))} did not answer the questions of baseline {baseline}: "
+            + "; ".join(differences)
+            + ". Its numbers are not comparable; run the baseline's questions (same suite and --limit), "
+            "or pass --allow-different-questions to compare anyway (with a warning)"
+        )
     current = _groups(run)
     comparisons: list[Comparison] = []
     for key, entry in base["groups"].items():
@@ -222,6 +307,14 @@ def run_check(
            if base.get("tolerances") else "") + ".",
         "",
     ]
+    if differences:
+        lines += ["**Warning: the run's questions differ from the baseline's** (allowed by --allow-different-questions): "
+                  + "; ".join(differences) + ". Differences below may come from the questions, not the code.", ""]
+    if "questions" not in prov:
+        lines += ["**Warning:** the baseline does not list its questions (written by an older version); the run's questions "
+                  "could not be compared with them.", ""]
+    for warning in timing_warnings(summarize(run)):
+        lines += [f"**Warning (timing):** {warning}", ""]
     if prov.get("hardware") and cur_prov.get("hardware") and _hw(prov["hardware"]) != _hw(cur_prov["hardware"]):
         lines += ["**Warning:** the run's hardware differs from the baseline's; speedups are not comparable across machines.", ""]
     lines += [

@@ -21,6 +21,7 @@ Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is option
         device_map: null               # passed to transformers (e.g. auto); then `device` is ignored
         compile: auto                  # auto | true | false: the static-shape, torch.compile'd engine path
                                        # (auto: true on CUDA, false on CPU, where it measured no faster)
+        methods: null                  # the suite's methods this model runs (null = all), e.g. [vanilla]
         head: random                   # null | random | builtin:NAME | folder | hub id (EAGLE-1/2 layout)
         head_fallback: null            # used, with a warning, when `head` is a built-in not installed
         eagle3_head: null              # the EAGLE-3 head (method eagle3): null | random | builtin:NAME | folder | hub id
@@ -46,6 +47,12 @@ Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is option
     repeats: 1                         # each question is generated this many times per cell
     warmup: {generations: 1, max_new_tokens: 16}   # per model and method configuration
     profile: true                      # split time into draft/verify/other (device sync per phase)
+
+Limits checked when a suite is read (`validate` and `run`): a UTF-8 file of at most 1 MiB whose
+aliases expand it to at most 20,000 YAML values (a "billion laughs" file is refused before it is
+expanded); finite numbers; max_new_tokens at most 131,072 and below the model's context where it is
+known cheaply (built-in sources, a local folder's config.json, a hub config already in the cache);
+a head given as a local path must be a folder with a valid config.json.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +79,14 @@ SCHEMA_VERSION = 1
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 TASK_SELECT = ("first", "spread")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+MAX_SUITE_BYTES = 1 << 20  # a suite file is a few KB; 1 MiB is far beyond any real one
+MAX_SUITE_NODES = 20_000  # YAML nodes after alias expansion (a "billion laughs" file has ~10^9)
+# max_new_tokens when the model's context cannot be read cheaply (a hub id not in the local cache,
+# a GGUF file): the longest context of the model families the engine supports.
+MAX_NEW_TOKENS_BOUND = 1 << 17
+# Contexts of the built-in sources (max_position_embeddings): SmolLM2-135M-Instruct and the tiny
+# random Llama of harness.models (a test checks this one against the model).
+BUILTIN_CONTEXTS = {"embedded": 8192, "tiny-random-llama": 4096}
 
 
 class SuiteError(ValueError):
@@ -108,10 +124,13 @@ class ModelConfig:
     # auto | true | false: run the engine's static-shape path (eagle2.static) with torch.compile;
     # auto = true on CUDA (CUDA graphs), false on a CPU (measured no faster there; see README).
     compile: str | bool = "auto"
+    # Names of the suite's methods this model runs (None = all): e.g. a float32 model entry that runs
+    # only vanilla, so a report can state the fastest vanilla of the run across dtypes.
+    methods: tuple[str, ...] | None = None
 
     def identity(self) -> dict[str, Any]:
         """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
-        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile"}
+        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "methods"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -315,6 +334,9 @@ class _Checker:
             names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
             self.error(path, f"must be {what or names}, got {value!r}")
             return False
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(path, f"must be a finite number, got {value!r}")
+            return False
         if choices is not None and value not in choices:
             close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
@@ -384,9 +406,26 @@ def _check_model(check: _Checker, path: tuple, data: Any) -> ModelConfig | None:
                     check.value(path + (key,), value, str, choices=names)
         elif key == "source":
             check.value(path + (key,), value, str)
+        elif key in ("head", "head_fallback", "eagle3_head"):
+            if check.value(path + (key,), value, (str, type(None))) and value is not None:
+                problem = head_problem(value)
+                if problem:
+                    check.error(path + (key,), problem)
         elif key == "compile":
             if value not in ("auto", True, False):
                 check.error(path + (key,), f"{value!r} is not a compile setting; allowed: auto, true, false")
+        elif key == "methods":
+            from eagle2.methods import METHODS
+
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                check.error(path + (key,), f"a non-empty list of method names, got {value!r}")
+            else:
+                for index, name in enumerate(value):
+                    if name not in METHODS:
+                        close = difflib.get_close_matches(name, list(METHODS), n=1)
+                        hint = f"; did you mean {close[0]!r}?" if close else ""
+                        check.error(path + (key, index), f"unknown method {name!r}{hint} available: {', '.join(METHODS)}")
+                value = tuple(value)
         else:
             check.value(path + (key,), value, (str, type(None)))
         fields[key] = value
@@ -427,7 +466,7 @@ def _check_task(check: _Checker, path: tuple, data: Any) -> TaskConfig | None:
     select = data.get("select", "first")
     check.value(path + ("select",), select, str, choices=TASK_SELECT)
     max_new = data.get("max_new_tokens", TaskConfig.max_new_tokens)
-    check.value(path + ("max_new_tokens",), max_new, int, minimum=1)
+    check.value(path + ("max_new_tokens",), max_new, int, minimum=1, maximum=MAX_NEW_TOKENS_BOUND)
     options = {}
     for name, option in spec.options.items():
         value = data.get(name, option.default)
@@ -540,12 +579,21 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
     for kind, key in HEAD_KEYS.items():
         needing = [(i, m.name) for i, m in enumerate(methods) if m is not None and METHODS[m.name].head_kind == kind]
         for index, model in enumerate(models):
-            if model is not None and getattr(model, key) is None and needing:
-                method_index, method_name = needing[0]
+            own = [(i, name) for i, name in needing if model is None or model.methods is None or name in model.methods]
+            if model is not None and getattr(model, key) is None and own:
+                method_index, method_name = own[0]
                 what, layout = ("draft head", "") if kind == "eagle" else (f"EAGLE-3 head ({key})", " in the EAGLE-3 layout")
                 check.error(("models", index, key),
                             f"model {model.name!r} has no {what} but methods[{method_index}] ({method_name}) needs one; "
                             f"set {key}: random, builtin:NAME, a folder or a hub id{layout}")
+
+    for task_index, task in enumerate(tasks):
+        if task is None:
+            continue
+        for model in models:
+            problem = None if model is None else context_problem(model, task.max_new_tokens)
+            if problem:
+                check.error(("tasks", task_index, "max_new_tokens"), problem)
 
     sampling = SamplingSettings()
     raw_sampling = data.get("sampling", {})
@@ -607,11 +655,21 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file (a path, or the name of a file in the suites/ folder)."""
     file = resolve_suite_path(path)
-    text = file.read_text(encoding="utf-8")
+    size = file.stat().st_size
+    if size > MAX_SUITE_BYTES:
+        raise SuiteError(str(file), [f"the file has {size:,} bytes; a suite may have at most {MAX_SUITE_BYTES:,}"])
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise SuiteError(str(file), [f"line {line}: not UTF-8 text (byte {raw[error.start]:#04x} at offset {error.start}); save the suite as UTF-8"]) from None
     try:
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
+            if node is not None:
+                _check_expanded_size(node, str(file))
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -619,10 +677,118 @@ def load_suite(path: str | Path) -> Suite:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         raise SuiteError(str(file), [f"{where}not valid YAML: {getattr(error, 'problem', None) or error}"]) from error
+    except RecursionError:
+        raise SuiteError(str(file), ["the YAML is nested too deeply"]) from None
     lines, duplicates = _line_map(node) if node is not None else ({}, [])
     if duplicates:
         raise SuiteError(str(file), [f"line {line}: {_format_path(p)}: key given twice" for p, line in duplicates])
     return suite_from_dict(data, str(file), lines)
+
+
+def _check_expanded_size(root: yaml.Node, file: str) -> None:
+    """Refuse a document whose aliases expand it beyond MAX_SUITE_NODES nodes (a "billion laughs"
+    file: nine lines of anchors, each aliased ten times by the next, expand to 10^9 strings) or
+    that refers to itself. Counted on the composed node graph, where an alias is the anchored node
+    itself, so a bomb is measured in microseconds without being expanded."""
+    sizes: dict[int, int] = {}  # id(node) -> nodes once expanded
+    active: set[int] = set()  # nodes on the current path: a cycle is a recursive alias
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise SuiteError(file, [f"line {node.start_mark.line + 1}: an alias refers to the node that contains it (a recursive structure)"])
+        active.add(key)
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_SUITE_NODES:
+                raise SuiteError(file, [
+                    f"line {node.start_mark.line + 1}: the YAML expands to more than {MAX_SUITE_NODES:,} values through "
+                    "aliases (*name); a suite needs far fewer; write the values out or use fewer aliases"
+                ])
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
+def model_context(source: str) -> tuple[int, str] | None:
+    """(max_position_embeddings, where it was read) of a model source, when it is cheap to know:
+    a built-in source, a local folder's config.json, or a hub id's config.json already in the
+    Hugging Face cache. None otherwise (a GGUF file, a hub id never downloaded)."""
+    if source in BUILTIN_CONTEXTS:
+        return BUILTIN_CONTEXTS[source], f"the {source} model"
+    config_path: Path | None = None
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        config_path = folder / "config.json"
+    elif source.count("/") == 1 and not source.startswith((".", "/", "~")) and not source.endswith(".gguf"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "config.json")
+        except Exception:  # noqa: BLE001 - no hub library or an odd cache: the context is simply unknown
+            cached = None
+        config_path = Path(cached) if isinstance(cached, str) else None
+    if config_path is None or not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # the model loader reports a broken config.json, naming it
+    if not isinstance(config, dict):
+        return None
+    text_config = config.get("text_config")
+    value = config.get("max_position_embeddings", text_config.get("max_position_embeddings") if isinstance(text_config, dict) else None)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value, str(config_path)
+    return None
+
+
+def context_problem(model: ModelConfig, max_new_tokens: Any) -> str | None:
+    """Why `max_new_tokens` cannot fit in `model`'s context (None when it can or is unknown)."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool):
+        return None
+    known = model_context(model.source)
+    if known is None or max_new_tokens < known[0]:
+        return None
+    context, where = known
+    return (f"max_new_tokens {max_new_tokens} does not fit in the context of model {model.name!r}: "
+            f"{context} tokens (max_position_embeddings, {where}); allowed: 1 to {context - 1} minus the prompt")
+
+
+def head_problem(spec: str) -> str | None:
+    """Why a `head` value cannot be loaded, when that shows without loading it (None otherwise).
+    random, builtin:NAME (reported by `validate` with its fallback) and hub ids (owner/name) pass;
+    a local path must be a folder with a readable config.json."""
+    if spec == "random" or spec.startswith("builtin:"):
+        return None
+    path = Path(spec).expanduser()
+    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") != 1 or path.exists()
+    if not looks_local:
+        return None  # a hub id: checked when it is downloaded
+    if not path.is_dir():
+        return (f"head {spec!r}: no such folder ({path.resolve()}); allowed: random, builtin:NAME, "
+                "a folder with an EAGLE head (config.json + model.safetensors) or a hub id (owner/name)")
+    config = path / "config.json"
+    if not config.is_file():
+        return f"head {spec!r}: {config} is missing; an EAGLE head folder holds config.json and model.safetensors (or pytorch_model.bin)"
+    try:
+        parsed = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"head {spec!r}: {config} is not valid JSON ({error})"
+    if not isinstance(parsed, dict):
+        return f"head {spec!r}: {config} must hold a JSON object (the head's LlamaConfig), got {type(parsed).__name__}"
+    return None
 
 
 def suites_dir() -> Path:
@@ -662,8 +828,13 @@ def apply_overrides(
     """The suite with the CLI's quick-look overrides applied (None = keep)."""
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
-    if max_new_tokens is not None and max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if max_new_tokens is not None and not 1 <= max_new_tokens <= MAX_NEW_TOKENS_BOUND:
+        raise ValueError(f"--max-new-tokens must be in 1..{MAX_NEW_TOKENS_BOUND}, got {max_new_tokens}")
+    if max_new_tokens is not None:
+        for model in suite.models:
+            problem = context_problem(model, max_new_tokens)
+            if problem:
+                raise ValueError(f"--max-new-tokens: {problem}")
     if device is not None and not DEVICE_PATTERN.match(device):
         raise ValueError(f"--device {device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
     tasks = tuple(
@@ -677,8 +848,8 @@ def apply_overrides(
     models = suite.models if device is None else tuple(dataclasses.replace(m, device=device, device_map=None) for m in suite.models)
     sampling = suite.sampling
     if temperatures is not None:
-        if not temperatures or any(t < 0 for t in temperatures):
-            raise ValueError(f"--temperatures needs one or more numbers >= 0, got {list(temperatures)}")
+        if not temperatures or any(not math.isfinite(t) or t < 0 for t in temperatures):
+            raise ValueError(f"--temperatures needs one or more finite numbers >= 0, got {list(temperatures)}")
         sampling = dataclasses.replace(sampling, temperatures=tuple(float(t) for t in temperatures))
     return dataclasses.replace(suite, tasks=tasks, models=models, sampling=sampling)
 
@@ -708,6 +879,8 @@ def expand(suite: Suite) -> list[Cell]:
     for model in suite.models:
         for task in suite.tasks:
             for method in suite.methods:
+                if model.methods is not None and method.name not in model.methods:
+                    continue
                 for params in method.grid():
                     resolved = _plain(METHODS[method.name].resolve(params))
                     for temperature in suite.sampling.temperatures:

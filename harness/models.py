@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
 from eagle2.target import TargetModel, auto_dtype, parse_dtype
-from harness.files import sha256_of
+from harness.files import folder_fingerprint, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -244,3 +244,44 @@ def chat_template_for(loaded: LoadedModel, spec: str = "tokenizer", system_messa
     eos = getattr(getattr(loaded.target.model, "generation_config", None), "eos_token_id", None)
     extra = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     return ChatTemplate(loaded.tokenizer, spec, system_message, extra_stop_token_ids=extra)
+
+
+def _local_snapshot(name: str, revision: str | None) -> Path | None:
+    """A hub id's folder in the local Hugging Face cache (no download), or None."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
+    except Exception:  # not cached, not a hub id, no huggingface_hub: nothing to fingerprint
+        return None
+
+
+def weights_fingerprint(source: str, *, gguf_file: str | None = None, revision: str | None = None) -> str | None:
+    """sha256 identifying a model's weights without loading it: the GGUF file's sha256 (`embedded`,
+    a .gguf), a digest over a folder's weight and config files, or a cached hub snapshot's; None for
+    `tiny-random-llama` (built in code from a fixed seed) and for hub ids not in the local cache."""
+    if source == TINY_RANDOM:
+        return None
+    if source == EMBEDDED:
+        return sha256_of(embedded_gguf_path())
+    if gguf_file is not None:
+        return sha256_of(Path(source) / gguf_file)
+    if source.endswith(".gguf") and Path(source).is_file():
+        return sha256_of(Path(source))
+    if Path(source).is_dir():
+        return folder_fingerprint(Path(source))
+    snapshot = _local_snapshot(source, revision)
+    return folder_fingerprint(snapshot) if snapshot is not None else None
+
+
+def head_fingerprint(spec: str | None) -> str | None:
+    """sha256 identifying a draft head's files (see weights_fingerprint); None for no head and `random`."""
+    if spec is None or spec == "random":
+        return None
+    if spec.startswith("builtin:"):
+        path = builtin_head_path(spec.removeprefix("builtin:"))
+        return folder_fingerprint(path) if path.is_dir() else None
+    if Path(spec).is_dir():
+        return folder_fingerprint(Path(spec))
+    snapshot = _local_snapshot(spec, None)
+    return folder_fingerprint(snapshot) if snapshot is not None else None

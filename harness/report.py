@@ -40,6 +40,9 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from harness.aggregate import (
+    CONTENTION_CORES,
+    MAX_REPEAT_SPREAD,
+    MIN_CPU_PER_WALL,
     VANILLA,
     RunData,
     calibration_table,
@@ -48,6 +51,7 @@ from harness.aggregate import (
     lossless_table,
     parse_params,
     summarize,
+    timing_warnings,
 )
 
 logger = logging.getLogger(__name__)
@@ -309,6 +313,8 @@ def _cell(row: pd.Series | None) -> str:
     text = f"{_fmt(row['speedup'], 2, '×')} / {_fmt(row['tau'])}"
     if row["lossless_mismatches"]:
         text += " †"
+    if row.get("timing_flag"):
+        text += " ‡"
     return text
 
 
@@ -349,7 +355,7 @@ def _nanmean(values: Sequence[float]) -> float:
 
 
 def _tps_cell(row: pd.Series | None) -> str:
-    return "" if row is None else _fmt(row["tokens_per_s"], 1)
+    return "" if row is None else _fmt(row["tokens_per_s"], 1) + (" ‡" if row.get("timing_flag") else "")
 
 
 def _markdown(ctx: _Context) -> str:
@@ -370,6 +376,8 @@ def _markdown(ctx: _Context) -> str:
             out += [f"> ✓ Lossless check passed: all {compared} greedy (T = 0) speculative and reference outputs equal vanilla's.", ""]
     else:
         out += ["> Lossless check: nothing to compare (no T = 0 run with both vanilla and another method).", ""]
+    for warning in timing_warnings(s):
+        out += [f"> **⚠ NOISY TIMING: {warning}** Cells marked ‡ are listed under *Timing conditions*.", ""]
     out += [
         f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} from "
         + ", ".join(f"`{d}`" for d in run.run_dirs)
@@ -388,7 +396,8 @@ def _markdown(ctx: _Context) -> str:
         "model on the same (seed, question, turn) samples, wall time with prefill; τ = new tokens per target "
         "forward (the prefill counts as one forward, so vanilla's τ is 1). *Mean* averages the task columns "
         "(\\* : over the tasks that have a speedup only). — : no vanilla run to compare with. "
-        "† : outputs differ from vanilla at T = 0. *failed*: every attempt failed (see *Failures*).",
+        "† : outputs differ from vanilla at T = 0. ‡ : timed while the machine was busy, or with an implausible spread "
+        "(see *Timing conditions*). *failed*: every attempt failed (see *Failures*).",
         "",
     ]
     for t in ctx.temperatures:
@@ -403,6 +412,7 @@ def _markdown(ctx: _Context) -> str:
     out += _fastest_vanilla_md(ctx)
 
     out += _lossless_md(ctx)
+    out += _timing_md(ctx)
     out += _categories_md(ctx)
     out += _details_md(ctx)
     out += _figures_md(ctx)
@@ -449,6 +459,25 @@ def _lossless_md(ctx: _Context) -> list[str]:
         if len(bad) > MAX_MISMATCH_ROWS:
             out += [f"… and {len(bad) - MAX_MISMATCH_ROWS} more.", ""]
     return out
+
+
+def _timing_md(ctx: _Context) -> list[str]:
+    s = ctx.summary
+    out = ["## Timing conditions", "",
+           f"While each answer was timed the harness recorded the machine's load (`load` in results.jsonl). A cell is flagged ‡ "
+           f"when other processes used ≥ {CONTENTION_CORES:g} core on average, when this process got < {MIN_CPU_PER_WALL:g} of a "
+           f"core on a CPU, when repeats of one sample differ more than {MAX_REPEAT_SPREAD:g}× in tokens/s, or when its vanilla "
+           "reference is flagged.", ""]
+    measured = s[np.isfinite(s["others_cores"].astype(float))] if "others_cores" in s else s.iloc[0:0]
+    if measured.empty:
+        return out + ["No load was recorded (records from an older harness).", ""]
+    flagged = s[s["timing_flag"] != ""]
+    if flagged.empty:
+        worst = float(measured["others_cores"].max())
+        return out + [f"No cell is flagged: other processes used at most {worst:.2f} cores on average while a cell was timed.", ""]
+    rows = [[r.model, task_name(r.task), _full_label(r.method, r.params), f"{r.temperature:g}", _fmt(r.others_cores), _fmt(r.cpu_per_wall),
+             _fmt(r.repeat_spread), r.timing_flag] for r in flagged.itertuples()]
+    return out + [_md_table(["Model", "Task", "Method", "T", "Other cores", "CPU/wall", "Repeat spread", "Why"], rows, "lllrrrrl"), ""]
 
 
 def _categories_md(ctx: _Context) -> list[str]:
@@ -624,6 +653,8 @@ def _latex(ctx: _Context) -> str:
     ]
     if s.empty:
         return "\n".join(out + ["% No results."]) + "\n"
+    for warning in timing_warnings(s):  # not for publication: say so where the table is copied from
+        out[1:1] = [f"% WARNING, NOISY TIMING: {warning}"]
     for t in ctx.temperatures:
         frame = s[(s["temperature"] == t) & (s["method"] != VANILLA)]
         if frame.empty:

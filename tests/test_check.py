@@ -114,3 +114,71 @@ def test_bad_baseline_file_is_a_clear_error(tmp_path, baseline):
     bad.write_text(json.dumps({"groups": {}}))
     with pytest.raises(ValueError, match="not an eagle2-bench baseline"):
         run_check(dirs, bad)
+
+
+# -- bad baselines are bad input (exit 2), distinct from a regression (exit 1) ---------------------
+
+
+def _cli(*argv: str) -> int:
+    from harness.__main__ import main
+
+    return main(["-q", *argv])
+
+
+def test_missing_baseline_names_the_flag(baseline, tmp_path, capsys):
+    dirs, _ = baseline
+    assert _cli("check", str(dirs[0]), "--baseline", str(tmp_path / "none.json")) == 2
+    err = capsys.readouterr().err
+    assert "--write-baseline" in err and "write_baseline" not in err.replace("--write-baseline", "")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda b: b.update(groups={}), "non-empty object"),
+        (lambda b: b.update(groups=None), "non-empty object"),
+        (lambda b: [g.update(tau=None, n_samples=None) for g in b["groups"].values()], "n_samples is null"),
+        (lambda b: [g.update(tau=None) for g in b["groups"].values() if g["n_samples"]], "tau is null although"),
+        (lambda b: [g.update(speedup="fast") for g in b["groups"].values()], "speedup is \"fast\""),
+        (lambda b: [g.update(n_samples=0) for g in b["groups"].values()], "no group has samples"),
+    ],
+)
+def test_vacuous_or_null_baselines_are_refused(baseline, tmp_path, capsys, edit, message):
+    dirs, path = baseline
+    data = json.loads(path.read_text())
+    edit(data)
+    bad = tmp_path / "edited.json"
+    bad.write_text(json.dumps(data))
+    from harness.check import BaselineError
+
+    with pytest.raises(BaselineError, match=message):
+        run_check(dirs, bad)
+    assert _cli("check", str(dirs[0]), "--baseline", str(bad)) == 2  # bad input, not a regression (1) or a pass (0)
+    assert message.split()[0] in capsys.readouterr().err
+
+
+def test_malformed_baseline_exits_2_not_1(baseline, tmp_path, capsys):
+    dirs, _ = baseline
+    bad = tmp_path / "torn.json"
+    bad.write_text('{"schema": 1, "kind": "eagle2-bench baseline", "groups": {"a": ')
+    assert _cli("check", str(dirs[0]), "--baseline", str(bad)) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_a_run_of_other_questions_is_refused_or_warned(baseline, tmp_path, capsys):
+    _, path = baseline
+    fewer = _single_dir_run(tmp_path / "fewer", lambda r: None if r["question_id"] == "q3" else r)
+    from harness.check import QuestionsDifferError
+
+    with pytest.raises(QuestionsDifferError, match="task mtbench: 2 question.*missing q3"):
+        run_check(fewer, path)
+    assert _cli("check", str(fewer), "--baseline", str(path)) == 2
+    assert "--allow-different-questions" in capsys.readouterr().err
+    passed, table = run_check(fewer, path, allow_different_questions=True)
+    assert "questions differ from the baseline's" in table
+    code = _cli("check", str(fewer), "--baseline", str(path), "--allow-different-questions")
+    captured = capsys.readouterr()
+    assert code in (0, 1) and "warning: the run's questions differ" in captured.err
+    same = _single_dir_run(tmp_path / "same")
+    assert run_check(same, path)[0]  # the same questions: no refusal
+    assert load_baseline(path)["provenance"]["questions"]["mtbench"] == ["q1", "q2", "q3"]

@@ -130,3 +130,41 @@ def test_train_stages_end_to_end_on_a_tiny_model(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "prompts", "--work", str(tmp_path / "other"), "--source", f"file:{prompts}", "--data-dir", str(DATA_DIR)]) == EXIT_USAGE
     assert "--drop-overlapping" in capsys.readouterr().err
+
+
+@needs_data
+def test_default_folders_report_and_check_by_suite_name_twice_in_a_row(tmp_path, monkeypatch, capsys):
+    """The main command block as a new user types it: runs land in runs/<suite>/<timestamp>, report and
+    check take the suite name, and the same commands work again (a new run, not an error)."""
+    monkeypatch.chdir(tmp_path)
+    run = ["-q", "run", "smoke", "--data-dir", str(DATA_DIR), "--limit", "1", "--max-new-tokens", "2", "--temperatures", "0", "--no-progress"]
+    folders = []
+    for attempt in range(2):
+        assert main(run) == EXIT_OK
+        out = capsys.readouterr().out
+        folder = out.rsplit("-> ", 1)[1].strip()
+        assert folder.startswith("runs/smoke/") and (tmp_path / folder / "results.jsonl").is_file()
+        folders.append(folder)
+        assert main(["-q", "report", "smoke"]) == EXIT_OK
+        assert f"report: {folder}/report/report.md" in capsys.readouterr().out  # the latest run, beside it
+    assert folders[0] != folders[1] and sorted(folders) == folders
+    assert main(["-q", "report", str(REPO_ROOT / "suites" / "smoke.yaml"), "--out", "rep"]) == EXIT_OK and (tmp_path / "rep" / "report.md").is_file()
+    assert main(["-q", "check", "smoke", "--baseline", "base.json", "--write-baseline"]) == EXIT_OK
+    assert main(["-q", "check", "smoke", "--baseline", "base.json"]) == EXIT_OK
+    assert main(run + ["--resume"]) == EXIT_OK  # continues the latest run: nothing left to do
+    assert "0 records written, 16 already there" in capsys.readouterr().out
+    assert main(["-q", "report", "gsm8k"]) == EXIT_USAGE  # a suite without runs
+    err = capsys.readouterr().err
+    assert "no run of suite 'gsm8k' in runs/gsm8k/" in err
+    assert main(["-q", "report", "no-such-thing"]) == EXIT_USAGE
+    assert "neither a run folder nor a suite" in capsys.readouterr().err
+
+
+def test_help_documents_exit_statuses(capsys):
+    for argv in (["--help"], ["run", "--help"], ["check", "--help"], ["report", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "exit status: 0" in out and "2 bad input" in out, argv
+        if argv[0] == "check":
+            assert "malformed baseline" in out and "regression" in out

@@ -267,6 +267,148 @@ def test_fallback_head_is_part_of_the_cell(tmp_path, monkeypatch):
     assert expand(other)[0].cell_id == vanilla.cell_id  # vanilla does not depend on the head
 
 
+# ---------------------------------------------------------------- hostile and out-of-range inputs
+
+ALIAS_BOMB = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_under_a_memory_limit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bomb = write(tmp_path, ALIAS_BOMB, "bomb.yaml")
+    # In a child capped at 1 GiB of address space for the YAML work (set after the imports):
+    # expanding the bomb would need tens of GB, so only a refusal before expansion finishes in time.
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        import harness.config as config
+        import yaml, eagle2.methods, harness.tasks
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30 if hard == resource.RLIM_INFINITY else min(hard, 1 << 30), hard))
+        try:
+            config.load_suite({str(bomb)!r})
+        except config.SuiteError as error:
+            print("REFUSED", error)
+            sys.exit(0)
+        sys.exit(3)
+        """
+    )
+    import time
+
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "REFUSED" in done.stdout and str(bomb) in done.stdout and "aliases" in done.stdout
+    assert time.perf_counter() - started < 60
+
+
+def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
+    text = MINIMAL.replace("    head: random\n", "    head: &h random\n") + "x-unused: null\n"
+    text = text.replace("x-unused: null\n", "")
+    suite = load_suite(write(tmp_path, text.replace("  - vanilla\n", "  - vanilla\n  - {name: eagle2, params: &p {depth: 2}}\n  - {name: eagle1}\n")))
+    assert suite.models[0].head == "random"
+
+
+def test_a_recursive_alias_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="recursive"):
+        load_suite(write(tmp_path, "a: &a [1, *a]\n"))
+
+
+def test_suite_files_over_the_size_limit_are_refused_naming_the_file(tmp_path: Path) -> None:
+    from harness.config import MAX_SUITE_BYTES
+
+    path = write(tmp_path, MINIMAL + "description: " + "x" * MAX_SUITE_BYTES + "\n", "big.yaml")
+    with pytest.raises(SuiteError, match=r"(?s)big\.yaml.*at most 1,048,576"):
+        load_suite(path)
+
+
+def test_a_non_utf8_suite_is_refused_naming_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.replace("name: tiny", "name: tiny\ndescription: caf\xe9").encode("latin-1"))
+    with pytest.raises(SuiteError, match=r"(?s)latin1\.yaml.*line 3: not UTF-8"):
+        load_suite(path)
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "-0.5"])
+def test_temperatures_must_be_finite_and_not_negative(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SuiteError, match=r"sampling\.temperatures\[1\]: must be"):
+        load_suite(write(tmp_path, MINIMAL + f"sampling: {{temperatures: [0, {value}]}}\n"))
+
+
+def test_top_p_nan_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match=r"sampling\.top_p: must be a finite number"):
+        load_suite(write(tmp_path, MINIMAL + "sampling: {top_p: .nan}\n"))
+
+
+def test_cli_overrides_refuse_infinite_temperatures_and_oversized_max_new_tokens(tmp_path: Path) -> None:
+    suite = load_suite(write(tmp_path, MINIMAL))
+    with pytest.raises(ValueError, match="finite"):
+        apply_overrides(suite, temperatures=[float("inf")])
+    with pytest.raises(ValueError, match=r"--max-new-tokens: max_new_tokens 4096 does not fit in the context of model 'm': 4096"):
+        apply_overrides(suite, max_new_tokens=4096)
+    assert apply_overrides(suite, max_new_tokens=4095).tasks[0].max_new_tokens == 4095
+
+
+def test_max_new_tokens_must_fit_the_model_context(tmp_path: Path) -> None:
+    text = MINIMAL.replace("  - mt_bench\n", "  - {name: mt_bench, max_new_tokens: 100000}\n")
+    with pytest.raises(SuiteError, match=r"tasks\[0\]\.max_new_tokens: max_new_tokens 100000 does not fit in the context of model 'm': 4096 tokens"):
+        load_suite(write(tmp_path, text))
+    huge = MINIMAL.replace("  - mt_bench\n", "  - {name: mt_bench, max_new_tokens: 100000000}\n")
+    with pytest.raises(SuiteError, match=r"must be <= 131072, got 100000000"):
+        load_suite(write(tmp_path, huge))
+
+
+def test_a_local_model_folder_gives_its_context_from_config_json(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"max_position_embeddings": 64}')
+    text = MINIMAL.replace("source: tiny-random-llama", f"source: {folder}").replace("  - mt_bench\n", "  - {name: mt_bench, max_new_tokens: 64}\n")
+    with pytest.raises(SuiteError, match=r"64 tokens \(max_position_embeddings, .*config\.json\)"):
+        load_suite(write(tmp_path, text))
+
+
+def test_the_tiny_models_context_constant_matches_the_model() -> None:
+    from harness.config import BUILTIN_CONTEXTS
+    from harness.models import tiny_random_model
+
+    assert tiny_random_model().target.max_context == BUILTIN_CONTEXTS["tiny-random-llama"]
+
+
+def test_head_paths_must_exist_and_hold_a_valid_config(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-head"
+    with pytest.raises(SuiteError, match=r"models\[0\]\.head: head '.*no-such-head': no such folder.*allowed: random, builtin:NAME"):
+        load_suite(write(tmp_path, MINIMAL.replace("head: random", f"head: {missing}")))
+    broken = tmp_path / "broken-head"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(SuiteError, match=r"config\.json is not valid JSON"):
+        load_suite(write(tmp_path, MINIMAL.replace("head: random", f"head: {broken}")))
+    # A hub id is not checked offline; it is downloaded (and checked) at run time.
+    assert load_suite(write(tmp_path, MINIMAL.replace("head: random", "head: yuhuili/EAGLE-LLaMA3-Instruct-8B"))).models[0].head
+
+
+@pytest.mark.slow
+def test_the_embedded_models_context_constant_matches_its_config() -> None:
+    import json
+
+    from harness.config import BUILTIN_CONTEXTS
+    from harness.models import dequantized_gguf_folder, embedded_gguf_path
+
+    folder, _ = dequantized_gguf_folder(embedded_gguf_path())
+    assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == BUILTIN_CONTEXTS["embedded"]
+
+
 def test_compile_setting_is_validated(tmp_path):
     from harness.config import load_suite
 
@@ -284,3 +426,24 @@ methods: [vanilla]
         load_suite(path)
     path.write_text(text.replace("sometimes", "true"))
     assert load_suite(path).models[0].compile is True
+
+
+def test_model_methods_restrict_its_cells(tmp_path):
+    from harness.config import expand, load_suite
+
+    text = """
+schema: 1
+name: s
+models:
+  - {name: fast, source: tiny-random-llama, dtype: bfloat16, head: random}
+  - {name: exact, source: tiny-random-llama, dtype: float32, methods: [vanilla]}
+tasks: [{name: mt_bench, limit: 1}]
+methods: [vanilla, {name: eagle2, params: {depth: 2, top_k: 2, total_tokens: 4}}]
+"""
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    cells = expand(load_suite(path))
+    assert sorted((c.model.name, c.method) for c in cells) == [("exact", "vanilla"), ("fast", "eagle2"), ("fast", "vanilla")]
+    path.write_text(text.replace("methods: [vanilla]}", "methods: [vanila]}"))
+    with pytest.raises(Exception, match="unknown method 'vanila'; did you mean 'vanilla'"):
+        load_suite(path)

@@ -170,3 +170,27 @@ def test_reduced_draft_vocabulary_drafts_only_from_it_and_stays_lossless(target)
     record = generate(target, prompt, max_new_tokens=30, proposer=Spy(head, target, depth=3, top_k=4, total_tokens=12))
     assert record.output_ids == expected.output_ids
     assert seen and all(token % 3 == 0 for token in seen)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not a valid JSON head config"),
+        ("[1, 2]", "a head config is a JSON object"),
+        ('{"hidden_size": "big"}', r"missing: num_attention_heads, intermediate_size, vocab_size; invalid: hidden_size='big'"),
+    ],
+)
+def test_an_invalid_config_json_is_a_value_error_naming_the_file(tmp_path, text, message):
+    folder = write_checkpoint(tmp_path / "head", official_state_dict(), official_config(), "safetensors")
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=rf"{folder / 'config.json'}: .*{message}"):
+        DraftHead.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "draft_vocab.safetensors"])
+def test_a_corrupt_safetensors_file_is_a_value_error_naming_the_file(tmp_path, name):
+    folder = write_checkpoint(tmp_path / "head", official_state_dict(), official_config(), "safetensors")
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / name).write_bytes(data[: len(data) // 2])  # truncated, as by a failed download
+    with pytest.raises(ValueError, match=rf"{folder / name}: not a readable safetensors file"):
+        DraftHead.from_pretrained(folder)

@@ -14,7 +14,8 @@ from conftest import DATA_DIR
 from harness.chat import ChatTemplate, Message
 from harness.config import expand, load_suite
 from harness.models import tiny_tokenizer
-from harness.runner import JsonlLog, Runner, RunExistsError, RunOptions, run_suite
+from harness.results import JsonlLog
+from harness.runner import ResumeMismatchError, Runner, RunExistsError, RunOptions, run_suite
 from harness.tasks import DataSource
 
 pytestmark = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no data in {DATA_DIR}")
@@ -24,7 +25,7 @@ RESULT_KEYS = {
     "top_p", "top_k", "seed", "repeat", "question_id", "category", "turn", "max_new_tokens", "prompt_tokens", "new_tokens", "wall_time_s",
     "prefill_time_s", "draft_time_s", "verify_time_s", "other_time_s", "target_forwards", "accept_lengths",
     "depth_reached", "depth_accepted", "confidence_checked", "confidence_accepted", "draft_tokens_per_step",
-    "stop_reason", "output_ids", "output_text", "correct", "finished_at",
+    "stop_reason", "output_ids", "output_text", "correct", "data_sha256", "weights_sha256", "head_sha256", "load", "finished_at",
 }
 FAILURE_KEYS = {"cell_id", "model", "task", "method", "method_params", "temperature", "question_id", "turn", "error_type", "error", "finished_at"}
 MANIFEST_KEYS = {"schema", "run_id", "suite_path", "suite", "cells", "shard", "versions", "git_sha", "git_dirty", "hardware", "started_at", "finished_at"}
@@ -185,10 +186,12 @@ def test_resume_after_interruption_and_torn_line(full_run, tmp_path, monkeypatch
     assert again.written == 0 and len(rows(out)) == 24
     from harness.config import apply_overrides
 
-    more = run_suite(apply_overrides(suite, limit=3), options(out, resume=True))  # a larger --limit extends the run
-    assert more.written == 6 * 2 and len(rows(out)) == 36
-    with pytest.raises(ValueError, match="does not have"):  # other outputs: not mixed into this folder
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(ResumeMismatchError, match="--limit: not given when the run began, 3 now"):  # other options: refused
+        run_suite(apply_overrides(suite, limit=3), options(out, resume=True, overrides={"limit": 3}))
+    with pytest.raises(ResumeMismatchError, match="tasks differ"):  # another suite: refused, nothing mixed
         run_suite(apply_overrides(suite, max_new_tokens=3), options(out, resume=True))
+    assert (out / "manifest.json").read_text() == before and len(rows(out)) == 24  # a refused resume writes nothing
 
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch):
@@ -230,7 +233,7 @@ def test_shards_together_equal_the_full_run(full_run, tmp_path):
         merged += rows(tmp_path / f"shard{index}")
     assert len(merged) == 24
     assert {key(r): r["output_ids"] for r in merged} == {key(r): r["output_ids"] for r in rows(full_out)}
-    with pytest.raises(ValueError, match="same --shard"):
+    with pytest.raises(ValueError, match="holds shard 1/2, this run is shard 2/2"):
         run_suite(suite, options(tmp_path / "shard1", shard=(2, 2), resume=True))
 
 
@@ -245,7 +248,10 @@ def test_scored_tasks(tmp_path):
     assert len(records) == 2 * 2
     assert all(r["correct"] is False for r in records if r["task"] == "gsm8k")  # 3 random bytes are not "18"
     assert all(r["correct"] is None for r in records if r["task"] == "humaneval")  # no --execute-code
-    run_suite(suite, options(tmp_path / "exec", execute_code=True))
+    from harness.sandbox import sandbox_unavailable
+
+    isolation = "sandbox" if sandbox_unavailable() is None else "unsafe"
+    run_suite(suite, options(tmp_path / "exec", execute_code=True, code_isolation=isolation))
     assert all(r["correct"] is False for r in rows(tmp_path / "exec") if r["task"] == "humaneval")
 
 
@@ -338,6 +344,25 @@ def test_eagle3_cells_run_with_their_own_head_and_are_lossless(tmp_path):
     assert outputs[("eagle3", 1)] == outputs[("vanilla", 1)] == outputs[("eagle2", 1)]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["models"]["deep"]["eagle3_head"] == str(tmp_path / "eagle3-head")
+    head_sha = {r["method"]: r["head_sha256"] for r in records}
+    assert head_sha["vanilla"] is None and None not in (head_sha["eagle2"], head_sha["eagle3"]) and head_sha["eagle2"] != head_sha["eagle3"]
+
+
+def test_a_broken_head_fails_only_the_cells_that_need_it(tmp_path):
+    head = tmp_path / "broken-head"
+    head.mkdir()
+    (head / "config.json").write_text(json.dumps({"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 259}))
+    (head / "model.safetensors").write_bytes(b"\x00\x01 not safetensors")
+    text = SUITE.replace("head: random", f"head: {head}").replace("[0, 1]", "[0]").replace("limit: 2", "limit: 1")
+    summary = run_suite(make_suite(tmp_path, text), options(tmp_path / "out"))
+    failures = rows(tmp_path / "out", "failures.jsonl")
+    assert summary.status == "complete" and summary.failures == 2
+    assert sorted(f["method"] for f in failures) == ["eagle1", "eagle2"]
+    assert all(f["error_type"] == "ValueError" and str(head / "model.safetensors") in f["error"] for f in failures)
+    records = rows(tmp_path / "out")
+    assert records and {r["method"] for r in records} == {"vanilla"} and len(records) == 2  # both turns of the question
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert "not a readable safetensors file" in manifest["models"]["tiny"]["head_error"]
 
 
 def test_bfloat16_run_is_audited_and_reported(tmp_path):

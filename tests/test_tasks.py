@@ -19,8 +19,7 @@ from harness.tasks import (
     TASKS,
     gsm8k_prediction,
     gsm8k_reference,
-    humaneval_program,
-    run_program,
+    humaneval_code,
     select_questions,
     sha256_of,
 )
@@ -138,13 +137,19 @@ PROBLEM = Question(
 )
 
 
-def test_humaneval_programs_and_sandbox():
+def test_humaneval_code_and_checking():
+    from harness.sandbox import Limits, run_check
+
+    test, entry = PROBLEM.payload["test"], PROBLEM.payload["entry_point"]
     chat_answer = "Sure!\n```python\ndef add(a, b):\n    return a + b\n```\nThat adds."
-    assert run_program(humaneval_program(PROBLEM, chat_answer, raw=False), 10)
-    assert not run_program(humaneval_program(PROBLEM, "```python\ndef add(a, b):\n    return a - b\n```", raw=False), 10)
+    assert run_check(humaneval_code(PROBLEM, chat_answer, raw=False), test, entry).passed
+    assert not run_check(humaneval_code(PROBLEM, "```python\ndef add(a, b):\n    return a - b\n```", raw=False), test, entry).passed
     completion = "    return a + b\n\ndef unrelated():\n    raise SystemExit(1)\n"
-    assert run_program(humaneval_program(PROBLEM, completion, raw=True), 10)  # cut at the next top-level def
-    assert not run_program("while True:\n    pass\n", 1.0)  # the timeout holds
+    code = humaneval_code(PROBLEM, completion, raw=True)
+    assert "unrelated" not in code  # cut at the next top-level def
+    assert run_check(code, test, entry).passed
+    slow = run_check("while True:\n    pass\n", test, entry, limits=Limits(timeout_s=1.0, cpu_s=2))
+    assert not slow.passed and "timed out" in slow.detail  # the timeout holds
 
 
 def test_humaneval_scores_only_when_execution_is_allowed():
@@ -152,3 +157,29 @@ def test_humaneval_scores_only_when_execution_is_allowed():
     answer = ["```python\ndef add(a, b):\n    return a + b\n```"]
     assert score(PROBLEM, answer, options("humaneval"), ScoreContext(execute_code=False)) is None
     assert score(PROBLEM, answer, options("humaneval"), ScoreContext(execute_code=True)) is True
+
+
+@pytest.mark.parametrize("field, value", [("question", 17), ("answer", None), ("question", ["a", "list"])])
+def test_gsm8k_rows_with_non_string_fields_name_the_file_and_row(tmp_path, field, value):
+    rows = [{"question": "How many?", "answer": "It is 2.\n#### 2"}, {"question": "How many?", "answer": "#### 3"}]
+    rows[1][field] = value
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=rf"{path}: row 2: GSM8K rows need string fields question and answer; got {field}="):
+        TASKS["gsm8k"].load(options("gsm8k", path=str(path)), offline(None, tmp_path))
+
+
+def test_a_non_utf8_question_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    good = json.dumps({"question_id": 1, "category": "x", "turns": ["hello"]}).encode()
+    bad = '{"question_id": 2, "category": "x", "turns": ["caf\xe9"]}'.encode("latin-1")
+    path.write_bytes(good + b"\n" + bad + b"\n")
+    with pytest.raises(ValueError, match=rf"{path}:2: not UTF-8 text \(byte 0xe9"):
+        TASKS["questions"].load(options("questions", path=str(path)), offline(None, tmp_path))
+
+
+def test_a_question_line_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text('[1, 2]\n')
+    with pytest.raises(ValueError, match=rf"{path}:1: each line must be a JSON object, got list"):
+        TASKS["questions"].load(options("questions", path=str(path)), offline(None, tmp_path))

@@ -410,3 +410,39 @@ def test_fine_tuning_from_a_head_with_extra_teacher_forced_data(tmp_path: Path, 
     assert summary["data"]["heldout_records"] == len(split(load_records(work / "distill"), 0.25, 0)[1])
     tuned = DraftHead.from_pretrained(tmp_path / "tuned")
     assert tuned.draft_vocab is not None
+
+
+class _Planted:
+    """A pickled object whose unpickling would create a file: what weights_only=True must refuse."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_the_checkpoint_loads_tensors_only_and_a_planted_pickle_is_refused(tmp_path: Path, data_dir: Path, target: TargetModel, monkeypatch) -> None:
+    work = tmp_path / "work"
+    steps = []
+    original = torch.optim.AdamW.step
+
+    def interrupt_after_three(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) > 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", interrupt_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(work, data_dir, target)
+    monkeypatch.undo()
+    checkpoint = work / "train" / "checkpoint.pt"
+    state = torch.load(checkpoint, weights_only=True)  # what the trainer writes loads tensors-only
+    assert state["step"] >= 2
+
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "extra": _Planted(marker)}, checkpoint)
+    with pytest.raises(ValueError, match="checkpoint.pt"):
+        run_pipeline(work, data_dir, target)
+    assert not marker.exists()

@@ -240,7 +240,7 @@ def train(
     step, epoch, next_batch, elapsed = 0, 0, 0, 0.0
     checkpoint_path = folder / "checkpoint.pt"
     if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = _load_checkpoint(checkpoint_path, device)
         head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
@@ -342,6 +342,22 @@ def train(
     atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
     logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
     return summary
+
+
+def _load_checkpoint(path: Path, device: torch.device) -> dict:
+    """The training checkpoint, loaded tensors-only (`weights_only=True`: tensors, numbers, strings,
+    lists and dicts; a pickle that would build any other object is refused, so a planted checkpoint
+    cannot run code). The optimizer and generator states are plain tensors and numbers."""
+    import pickle
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{path}: not a training checkpoint that loads tensors-only ({error}); delete it to start training afresh") from error
+    missing = [key for key in ("head", "optimizer", "generator", "step", "epoch", "next_batch", "elapsed_s") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{path}: a training checkpoint needs the keys head, optimizer, generator, step, epoch, next_batch, elapsed_s; missing: {', '.join(missing)}")
+    return state
 
 
 def _last_train_row(log_path: Path) -> dict | None:
