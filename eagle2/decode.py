@@ -18,7 +18,7 @@ import torch
 
 from eagle2.draft import Proposer
 from eagle2.record import CONFIDENCE_BINS, GREEDY, GenerationRecord, SamplingConfig
-from eagle2.target import TargetModel
+from eagle2.target import FINAL_NORM, TargetModel
 from eagle2.tree import DraftTree
 from eagle2.verify import LazyLogits, Verdict, choose_token, verify
 
@@ -110,6 +110,9 @@ def generate(
         raise ValueError(f"the prompt has {prompt.numel()} tokens; the model's context is {target.max_context}")
     stops = set(int(t) for t in stop_token_ids)
     tree_room = proposer.max_tree_size if proposer is not None else 1
+    # The target features the proposer's head reads (Proposer.features; EAGLE-1/2's final-norm
+    # output for a proposer that does not say), taken from the prefill and verification forwards.
+    features = FINAL_NORM if proposer is None else getattr(proposer, "features", FINAL_NORM)
     # Generation stops at the context limit, so a huge max_new_tokens never needs more than the context.
     cache = target.new_cache(min(prompt.numel() + max_new_tokens, target.max_context) + tree_room + 1)
     watch = Stopwatch(device, synchronize=profile)
@@ -120,7 +123,7 @@ def generate(
 
     _synchronize(device)
     started = time.perf_counter()
-    out = target.forward(prompt, cache, logits_for=slice(-1, None))
+    out = target.forward(prompt, cache, logits_for=slice(-1, None), features=features)
     root = choose_token(out.logits[-1], sampling, generator)
     _synchronize(device)
     prefill_time = time.perf_counter() - started
@@ -130,7 +133,7 @@ def generate(
     stop_reason = "eos" if root in stops else ("max_new_tokens" if max_new_tokens == 1 else "")
     if not stop_reason and proposer is not None:
         watch.switch("draft")
-        proposer.begin(prompt, out.hidden, root)
+        proposer.begin(prompt, out.head_features, root)
 
     while not stop_reason:
         remaining = max_new_tokens - len(emitted)
@@ -149,10 +152,10 @@ def generate(
             watch.switch("verify")
             start = cache.length
             if lazy_logits:
-                out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0), pad_to=tree_room)
+                out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0), features=features, pad_to=tree_room)
                 verdict = verify(tree, LazyLogits(out.hidden, target.lm_head), sampling, generator)
             else:
-                out = target.forward(tree.tokens, cache, tree=tree, pad_to=tree_room)
+                out = target.forward(tree.tokens, cache, tree=tree, features=features, pad_to=tree_room)
                 verdict = verify(tree, out.logits, sampling, generator)
             watch.switch("other")
             cache.keep(start, verdict.path)
@@ -171,7 +174,7 @@ def generate(
         root = new_tokens[-1]
         if proposer is not None and not stop_reason:
             path_tensor = torch.tensor(verdict.path, device=device)
-            proposer.advance(out.hidden[path_tensor], torch.tensor(new_tokens, device=device))
+            proposer.advance(out.head_features[path_tensor], torch.tensor(new_tokens, device=device))
     watch.switch(None)
     _synchronize(device)
     total_time = time.perf_counter() - started

@@ -10,6 +10,12 @@ they expand:
   children; then rerank every drafted node by path confidence and keep the best
   `total_tokens - 1` (plus the root) as the tree to verify.
 
+The head kind is the drafter's business, not the proposers': `make_drafter` gives an EAGLE-1/2
+head a HeadDrafter (scores through the target's lm_head, reads the final-norm feature) and an
+EAGLE-3 head an Eagle3Drafter (reads three layer inputs, scores through its own lm_head over its
+draft vocabulary); a proposer exposes its drafter's `features` so the decode loop asks the target
+for them.
+
 Positions: with C tokens in the accepted context the root sits at position C, a node of depth d
 at C + d, and the head's entry that drafts the children of a node of depth d sits at C + d - 1
 (the head predicts the feature of the *next* position from the current feature and next token).
@@ -24,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from eagle2.cache import PositionIndexedLayer
+from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
-from eagle2.target import TargetModel
+from eagle2.target import FINAL_NORM, FeatureSpec, TargetModel
 from eagle2.tree import DraftTree, StaticTreeShape, load_static_tree
 
 
@@ -33,6 +40,7 @@ class Proposer(Protocol):
     """What the decode loop needs from a drafting method."""
 
     max_tree_size: int  # most tokens (root included) a proposed tree can have
+    features: FeatureSpec  # the target features begin/advance take (the decode loop assumes FINAL_NORM if absent)
 
     def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int) -> None:
         """Start a generation: prompt ids [P], the target's features at them [P, H], the first new token."""
@@ -56,6 +64,8 @@ class DraftLevel:
 
 class HeadDrafter:
     """Runs the draft head for one generation: context catch-up, then tree expansion on top of it."""
+
+    features: FeatureSpec = FINAL_NORM  # EAGLE-1/2 heads read the target's final-norm output
 
     def __init__(self, head: DraftHead, target: TargetModel, draft_vocab: torch.Tensor | None = None) -> None:
         self.head = head.to(device=target.device, dtype=target.dtype).eval()
@@ -101,12 +111,12 @@ class HeadDrafter:
         """Feed the pending accepted tokens to the head; return the root's top-k children."""
         count = self.pending_tokens.shape[0]
         positions = torch.arange(self.context_length, self.context_length + count, device=self.pending_tokens.device)
-        out = self.head(
+        out = self._run_head(
             self.target.embed_tokens(self.pending_tokens)[None],
             self.pending_features[None].to(self.target.dtype),
             positions[None],
-            mask=self._causal_mask(count),
-            cache=self.cache,
+            self._causal_mask(count),
+            from_target=True,
         )[0]
         self.context_length += count
         return self.draft_children(out[-1:], k)
@@ -132,13 +142,66 @@ class HeadDrafter:
         mask = torch.zeros(1, 1, rows, self.context_length + fed + rows, dtype=dtype, device=device)
         mask[0, 0, :, self.context_length :].masked_fill_(~visible, torch.finfo(dtype).min)
         positions = torch.full((1, rows), self.context_length + depth - 1, device=device)
-        out = self.head(self.target.embed_tokens(tokens)[None], features[None], positions, mask=mask, cache=self.cache)[0]
+        out = self._run_head(self.target.embed_tokens(tokens)[None], features[None], positions, mask, from_target=False)[0]
         return self.draft_children(out, k)
+
+    def _run_head(self, embeddings, features, positions, mask, *, from_target: bool) -> torch.Tensor:
+        """One head forward on its cache; `from_target`: the features are the target's (catch-up),
+        not the head's own outputs (drafted nodes). EAGLE-1/2 heads treat both alike."""
+        return self.head(embeddings, features, positions, mask=mask, cache=self.cache)
 
     def rewind(self) -> None:
         """Drop the drafted entries from the head's cache, keeping the accepted context."""
         for layer in self.cache:
             layer.truncate(self.context_length)
+
+
+class Eagle3Drafter(HeadDrafter):
+    """HeadDrafter for an EAGLE-3 head: target features are three layer inputs (fc-projected by the
+    head at catch-up), drafted nodes feed the head's own pre-norm output back, and draft logits come
+    from the head's own norm + lm_head over its draft vocabulary, mapped to target ids via d2t."""
+
+    def __init__(self, head: Eagle3Head, target: TargetModel, draft_vocab: torch.Tensor | None = None) -> None:
+        if draft_vocab is not None:
+            raise ValueError("an EAGLE-3 head has its own draft vocabulary (d2t); draft_vocab must be None")
+        self.features = head.feature_spec(target.num_layers)
+        width = self.features.width(target.hidden_size)
+        if head.fc.in_features != width:
+            raise ValueError(
+                f"EAGLE-3 head fc takes {head.fc.in_features} features but this target's three layer inputs are {width} wide "
+                f"(hidden {target.hidden_size}); this head was trained for another model"
+            )
+        if head.config.hidden_size != target.embed_tokens.weight.shape[1] or head.t2d.numel() != target.vocab_size:
+            raise ValueError(
+                f"EAGLE-3 head (hidden {head.config.hidden_size}, vocabulary {head.t2d.numel()}) does not fit the target's "
+                f"embedding {tuple(target.embed_tokens.weight.shape)}"
+            )
+        self.head = head.to(device=target.device, dtype=target.dtype).eval()
+        self.target = target
+        self.token_ids = self.head.draft_token_ids()  # [draft_vocab_size] target id of each draft index
+        self.vocab_size = head.draft_vocab_size
+        self.cache: list[PositionIndexedLayer] = []
+        self.context_length = 0
+        self.pending_features: torch.Tensor | None = None
+        self.pending_tokens: torch.Tensor | None = None
+        self.root = -1
+
+    def _run_head(self, embeddings, features, positions, mask, *, from_target: bool) -> torch.Tensor:
+        return self.head(embeddings, features, positions, mask=mask, cache=self.cache, from_target=from_target)
+
+    def draft_children(self, features: torch.Tensor, k: int) -> DraftLevel:
+        log_probs = torch.log_softmax(self.head.logits(features).float(), dim=-1)
+        top = torch.topk(log_probs, k, dim=-1)
+        return DraftLevel(tokens=self.token_ids[top.indices], log_probs=top.values, features=features)
+
+
+def make_drafter(head: DraftHead | Eagle3Head, target: TargetModel, draft_vocab: torch.Tensor | None = None) -> HeadDrafter:
+    """The drafter for a head's kind (EAGLE-1/2 DraftHead or EAGLE-3 Eagle3Head)."""
+    if isinstance(head, Eagle3Head):
+        return Eagle3Drafter(head, target, draft_vocab)
+    if isinstance(head, DraftHead):
+        return HeadDrafter(head, target, draft_vocab)
+    raise TypeError(f"unknown draft head type {type(head).__name__}; expected DraftHead (EAGLE-1/2) or Eagle3Head (EAGLE-3)")
 
 
 def _tree_from_nodes(
@@ -155,8 +218,9 @@ def _tree_from_nodes(
 class StaticTreeProposer:
     """EAGLE-1: the same tree of child ranks every step (default mc_sim_7b_63)."""
 
-    def __init__(self, head: DraftHead, target: TargetModel, tree: str | list = "mc_sim_7b_63", draft_vocab: torch.Tensor | None = None) -> None:
-        self.drafter = HeadDrafter(head, target, draft_vocab)
+    def __init__(self, head: DraftHead | Eagle3Head, target: TargetModel, tree: str | list = "mc_sim_7b_63", draft_vocab: torch.Tensor | None = None) -> None:
+        self.drafter = make_drafter(head, target, draft_vocab)
+        self.features = self.drafter.features
         shape = load_static_tree(tree)
         if max(max(path) for path in shape.paths) >= self.drafter.vocab_size:
             # A vocabulary smaller than the tree is wide has no token of that rank.
@@ -236,12 +300,13 @@ class DynamicTreeProposer:
     The official code's (depth=D, top_k=K, total_token=T) equals (depth=D+1, top_k=K, total_tokens=T) here.
     """
 
-    def __init__(self, head: DraftHead, target: TargetModel, depth: int = 6, top_k: int = 10, total_tokens: int = 60, draft_vocab: torch.Tensor | None = None) -> None:
+    def __init__(self, head: DraftHead | Eagle3Head, target: TargetModel, depth: int = 6, top_k: int = 10, total_tokens: int = 60, draft_vocab: torch.Tensor | None = None) -> None:
         for name, value, low in (("depth", depth, 1), ("top_k", top_k, 1), ("total_tokens", total_tokens, 1)):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"eagle2 {name} must be an integer >= {low}, got {value!r}")
         self.depth, self.top_k, self.total_tokens = depth, top_k, total_tokens
-        self.drafter = HeadDrafter(head, target, draft_vocab)
+        self.drafter = make_drafter(head, target, draft_vocab)
+        self.features = self.drafter.features
         # A vocabulary smaller than top_k cannot offer top_k distinct children.
         self.branch = min(top_k, self.drafter.vocab_size)
         self.max_tree_size = min(total_tokens, 1 + self.branch + (depth - 1) * self.branch**2)

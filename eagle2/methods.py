@@ -19,6 +19,7 @@ from transformers.generation.configuration_utils import CompileConfig
 
 from eagle2.decode import generate
 from eagle2.draft import DynamicTreeProposer, Proposer, StaticTreeProposer
+from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
 from eagle2.record import GenerationRecord, SamplingConfig
 from eagle2.target import TargetModel
@@ -47,15 +48,20 @@ class Param:
     check: Callable[[Any], None] | None = None  # raises ValueError on a bad value
 
 
+# Head kinds a method can draft with: the class that implements each.
+HEAD_KINDS: Mapping[str, type] = MappingProxyType({"eagle": DraftHead, "eagle3": Eagle3Head})
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     description: str
     needs_head: bool
     params: Mapping[str, Param]
-    build: Callable[[TargetModel, DraftHead | None, Mapping[str, Any]], Decoder]
+    build: Callable[[TargetModel, DraftHead | Eagle3Head | None, Mapping[str, Any]], Decoder]
     lossless_greedy: bool = True  # greedy output must equal vanilla's (checked by the harness)
     reference: bool = False  # a transformers baseline rather than our engine
+    head_kind: str | None = None  # a HEAD_KINDS key when needs_head: "eagle" (EAGLE-1/2 layout) or "eagle3"
 
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults filled in; unknown names and bad values raise with the allowed ones listed."""
@@ -81,9 +87,15 @@ class MethodSpec:
             resolved[name] = value
         return resolved
 
-    def create(self, target: TargetModel, head: DraftHead | None, params: Mapping[str, Any] | None = None) -> Decoder:
+    def create(self, target: TargetModel, head: DraftHead | Eagle3Head | None, params: Mapping[str, Any] | None = None) -> Decoder:
         if self.needs_head and head is None:
             raise ValueError(f"method {self.name!r} needs a draft head; the model has none configured")
+        if self.needs_head and not isinstance(head, HEAD_KINDS[self.head_kind]):
+            raise ValueError(
+                f"method {self.name!r} drafts with a {self.head_kind!r} head ({HEAD_KINDS[self.head_kind].__name__}); "
+                f"got a {type(head).__name__}; head kinds: "
+                + ", ".join(f"{kind} ({cls.__name__})" for kind, cls in HEAD_KINDS.items())
+            )
         return self.build(target, head, self.resolve(params))
 
 
@@ -120,7 +132,8 @@ def _build_eagle1(target, head, params) -> Decoder:
     return _engine_decoder(target, lambda: StaticTreeProposer(head, target, tree=tree))
 
 
-def _build_eagle2(target, head, params) -> Decoder:
+def _build_dynamic_tree(target, head, params) -> Decoder:
+    """EAGLE-2's dynamic tree over the given head (an EAGLE-1/2 head: eagle2; an EAGLE-3 head: eagle3)."""
     return _engine_decoder(
         target,
         lambda: DynamicTreeProposer(head, target, depth=params["depth"], top_k=params["top_k"], total_tokens=params["total_tokens"]),
@@ -246,6 +259,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 )
             },
             build=_build_eagle1,
+            head_kind="eagle",
         ),
         "eagle2": MethodSpec(
             name="eagle2",
@@ -256,7 +270,20 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
                 "top_k": Param(10, int, "nodes expanded per depth and children per node", minimum=1),
                 "total_tokens": Param(60, int, "tokens verified per step, root included (official total_token)", minimum=1),
             },
-            build=_build_eagle2,
+            build=_build_dynamic_tree,
+            head_kind="eagle",
+        ),
+        "eagle3": MethodSpec(
+            name="eagle3",
+            description="EAGLE-3: EAGLE-2's dynamic draft tree over an EAGLE-3 head (low/mid/high target features)",
+            needs_head=True,
+            params={
+                "depth": Param(6, int, "deepest drafted token (official depth + 1)", minimum=1),
+                "top_k": Param(10, int, "nodes expanded per depth and children per node", minimum=1),
+                "total_tokens": Param(60, int, "tokens verified per step, root included (official total_token)", minimum=1),
+            },
+            build=_build_dynamic_tree,
+            head_kind="eagle3",
         ),
         "hf_generate": MethodSpec(
             name="hf_generate",
@@ -296,6 +323,7 @@ def describe_methods() -> list[dict[str, Any]]:
             "name": spec.name,
             "description": spec.description,
             "needs_head": spec.needs_head,
+            "head_kind": spec.head_kind,
             "params": {name: {"default": p.default, "help": p.help} for name, p in spec.params.items()},
         }
         for spec in METHODS.values()

@@ -31,7 +31,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from eagle2.target import TargetModel, TargetOutput
+from eagle2.target import FINAL_NORM, FeatureSpec, TargetModel, TargetOutput
 from eagle2.tree import DraftTree
 
 logger = logging.getLogger(__name__)
@@ -180,7 +180,9 @@ class StaticTargetModel(TargetModel):
         tree: DraftTree | None = None,
         logits_for: torch.Tensor | slice | None = None,
         pad_to: int | None = None,
+        features: FeatureSpec = FINAL_NORM,
     ) -> TargetOutput:
+        layers = self.check_features(features)
         prefix = cache.length
         query_length = input_ids.shape[0]
         # Single tokens and trees get fixed shapes; a prompt (prefill) runs at its own length, eagerly.
@@ -196,7 +198,17 @@ class StaticTargetModel(TargetModel):
         tokens[:query_length] = input_ids
         slots = torch.arange(prefix, prefix + padded, device=device)
         mask = self._mask(prefix, query_length, padded, view, tree)
-        if static and self.compiled:
+        extra = None
+        if layers:
+            # EAGLE-3's layer inputs come from transformers' hidden-state capture, which torch.compile
+            # cannot trace (a ContextVar): such forwards run eagerly, still at static shapes.
+            cache.cursor.slots = slots
+            cache.cursor.view = mask.shape[-1]
+            outputs = self.decoder(input_ids=tokens[None], attention_mask=mask, position_ids=positions[None], use_cache=True,
+                                   output_hidden_states=list(layers), **{self._cache_argument: cache})
+            hidden = outputs.last_hidden_state[0][:query_length]
+            extra = torch.cat([outputs.hidden_states[i][0][:query_length] for i in layers], dim=-1)
+        elif static and self.compiled:
             torch._dynamo.mark_dynamic(mask, 3)  # one graph per query length, whatever the view
             hidden = self._step(tokens[None], positions[None], mask, slots, cache)[:query_length]
         else:
@@ -206,7 +218,7 @@ class StaticTargetModel(TargetModel):
         logits = self.lm_head(selected)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
-        return TargetOutput(logits=logits, hidden=hidden)
+        return TargetOutput(logits=logits, hidden=hidden, features=extra)
 
     def warm_up(self, tree_sizes: Sequence[int]) -> float:
         """Run (and so compile) the static shapes a generation uses: q = 1 and each padded tree size,

@@ -2,8 +2,9 @@
 
 Every call passes an explicit 4-D additive attention mask, explicit position ids and our own
 TreeKVCache, so the same forward serves the prefill, vanilla decoding and tree verification.
-It returns the logits and the last hidden state after the final norm (the EAGLE head's feature).
-Batch size is 1 throughout, as in the EAGLE papers.
+It returns the logits, the last hidden state after the final norm (the EAGLE-1/2 head's feature)
+and, when a FeatureSpec asks for them, other hidden states of the same forward (EAGLE-3 reads the
+inputs of three decoder layers). Batch size is 1 throughout, as in the EAGLE papers.
 """
 
 from __future__ import annotations
@@ -72,9 +73,32 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
 
 
 @dataclass(frozen=True)
+class FeatureSpec:
+    """Which of the target's hidden states a draft head reads at every token (a head kind declares it).
+
+    `layer_inputs` empty: the last hidden state after the final norm (EAGLE-1/2). Otherwise the
+    inputs of those decoder layers (0-based), concatenated in this order along the feature axis
+    (EAGLE-3: layers 2, N // 2 and N - 3 of N), so the feature is len(layer_inputs) * H wide."""
+
+    layer_inputs: tuple[int, ...] = ()
+
+    def width(self, hidden_size: int) -> int:
+        return hidden_size * max(len(self.layer_inputs), 1)
+
+
+FINAL_NORM = FeatureSpec()
+
+
+@dataclass(frozen=True)
 class TargetOutput:
     logits: torch.Tensor  # [q_logits, vocab], float32 (float64 when the model is float64)
     hidden: torch.Tensor  # [q, hidden], model dtype: last hidden state after the final norm
+    features: torch.Tensor | None = None  # [q, F] the FeatureSpec's features; None: they are `hidden`
+
+    @property
+    def head_features(self) -> torch.Tensor:
+        """What the draft head reads: the requested features, or the final-norm output."""
+        return self.hidden if self.features is None else self.features
 
 
 class TargetModel:
@@ -166,15 +190,19 @@ class TargetModel:
         *,
         tree: DraftTree | None = None,
         logits_for: torch.Tensor | slice | None = None,
+        features: FeatureSpec = FINAL_NORM,
         pad_to: int | None = None,
     ) -> TargetOutput:
         """Append `input_ids` ([q] long) after the cache's entries and run the model on them.
 
         Without a tree the tokens are a causal sequence; with one they are its nodes (input_ids =
         tree.tokens), placed at prefix + depth. `logits_for` selects the rows that get logits
-        (default: all); the hidden state is returned for every row. `pad_to` (the proposer's
-        largest tree) matters only to the static path (eagle2.static), which pads trees to it.
+        (default: all); the hidden state is returned for every row, and so are the features that
+        `features` asks for (captured from this same forward through transformers'
+        `output_hidden_states` selection, whose entry i is the input of decoder layer i). `pad_to`
+        (the proposer's largest tree) matters only to the static path (eagle2.static), which pads trees to it.
         """
+        layers = self.check_features(features)
         prefix = cache.length
         query_length = input_ids.shape[0]
         if tree is None:
@@ -186,11 +214,20 @@ class TargetModel:
             attention_mask=self.attention_mask(prefix, query_length, tree),
             position_ids=positions.unsqueeze(0),
             use_cache=True,
+            **({"output_hidden_states": list(layers)} if layers else {}),
             **{self._cache_argument: cache},
         )
         hidden = outputs.last_hidden_state[0]
+        extra = torch.cat([outputs.hidden_states[i][0] for i in layers], dim=-1) if layers else None
         selected = hidden if logits_for is None else hidden[logits_for]
         logits = self.lm_head(selected)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
-        return TargetOutput(logits=logits, hidden=hidden)
+        return TargetOutput(logits=logits, hidden=hidden, features=extra)
+
+    def check_features(self, features: FeatureSpec) -> tuple[int, ...]:
+        """The decoder-layer indices a FeatureSpec reads, checked against this model's depth."""
+        bad = [i for i in features.layer_inputs if not 0 <= i < self.num_layers]
+        if bad:
+            raise ValueError(f"feature layers {bad} do not exist: the target has decoder layers 0..{self.num_layers - 1}")
+        return features.layer_inputs

@@ -221,7 +221,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if what in ("all", "methods"):
         print("methods (methods[].name, params):")
         for spec in METHODS.values():
-            flags = " (needs a head)" if spec.needs_head else (" (transformers reference)" if spec.reference else "")
+            flags = (" (needs an EAGLE-3 head: eagle3_head)" if spec.head_kind == "eagle3" else " (needs a head)") if spec.needs_head else (" (transformers reference)" if spec.reference else "")
             print(f"  {spec.name:<17} {spec.description}{flags}")
             for name, param in spec.params.items():
                 print(f"      {name}: {param.default!r}  {param.help}")

@@ -22,8 +22,9 @@ Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is option
         compile: auto                  # auto | true | false: the static-shape, torch.compile'd engine path
                                        # (auto: true on CUDA, false on CPU, where it measured no faster)
         methods: null                  # the suite's methods this model runs (null = all), e.g. [vanilla]
-        head: random                   # null | random | builtin:NAME | folder | hub id (EAGLE layout)
+        head: random                   # null | random | builtin:NAME | folder | hub id (EAGLE-1/2 layout)
         head_fallback: null            # used, with a warning, when `head` is a built-in not installed
+        eagle3_head: null              # the EAGLE-3 head (method eagle3): null | random | builtin:NAME | folder | hub id
         chat_template: tokenizer       # tokenizer | a FastChat template (vicuna_v1.1, llama-2, ...)
         system_message: null
     tasks:
@@ -67,6 +68,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -101,6 +103,10 @@ class SuiteError(ValueError):
 # The schema.
 
 
+# The model key that names the head of each head kind (eagle2.methods.HEAD_KINDS).
+HEAD_KEYS: Mapping[str, str] = MappingProxyType({"eagle": "head", "eagle3": "eagle3_head"})
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str  # label in results (`model`)
@@ -112,6 +118,7 @@ class ModelConfig:
     device_map: str | None = None  # transformers device_map (e.g. "auto"); overrides `device`
     head: str | None = None  # None | random | builtin:NAME | folder | hub id
     head_fallback: str | None = None  # head used (with a warning) when a builtin `head` is not installed
+    eagle3_head: str | None = None  # EAGLE-3 head for method eagle3: None | random | builtin:NAME | folder | hub id
     chat_template: str = "tokenizer"  # tokenizer | FastChat template name
     system_message: str | None = None  # None = the template's default
     # auto | true | false: run the engine's static-shape path (eagle2.static) with torch.compile;
@@ -123,7 +130,7 @@ class ModelConfig:
 
     def identity(self) -> dict[str, Any]:
         """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
-        skip = {"device", "device_map", "head", "head_fallback", "compile", "methods"}
+        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "methods"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -399,7 +406,7 @@ def _check_model(check: _Checker, path: tuple, data: Any) -> ModelConfig | None:
                     check.value(path + (key,), value, str, choices=names)
         elif key == "source":
             check.value(path + (key,), value, str)
-        elif key in ("head", "head_fallback"):
+        elif key in ("head", "head_fallback", "eagle3_head"):
             if check.value(path + (key,), value, (str, type(None))) and value is not None:
                 problem = head_problem(value)
                 if problem:
@@ -569,14 +576,16 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
                 check.error((key, index, "name"), f"{item.name!r} is used by more than one entry of {key}; names must be unique")
     from eagle2.methods import METHODS
 
-    needing = [(i, m.name) for i, m in enumerate(methods) if m is not None and METHODS[m.name].needs_head]
-    for index, model in enumerate(models):
-        own = [(i, name) for i, name in needing if model is None or model.methods is None or name in model.methods]
-        if model is not None and model.head is None and own:
-            method_index, method_name = own[0]
-            check.error(("models", index, "head"),
-                        f"model {model.name!r} has no draft head but methods[{method_index}] ({method_name}) needs one; "
-                        "set head: random, builtin:NAME, a folder or a hub id")
+    for kind, key in HEAD_KEYS.items():
+        needing = [(i, m.name) for i, m in enumerate(methods) if m is not None and METHODS[m.name].head_kind == kind]
+        for index, model in enumerate(models):
+            own = [(i, name) for i, name in needing if model is None or model.methods is None or name in model.methods]
+            if model is not None and getattr(model, key) is None and own:
+                method_index, method_name = own[0]
+                what, layout = ("draft head", "") if kind == "eagle" else (f"EAGLE-3 head ({key})", " in the EAGLE-3 layout")
+                check.error(("models", index, key),
+                            f"model {model.name!r} has no {what} but methods[{method_index}] ({method_name}) needs one; "
+                            f"set {key}: random, builtin:NAME, a folder or a hub id{layout}")
 
     for task_index, task in enumerate(tasks):
         if task is None:
@@ -845,12 +854,17 @@ def apply_overrides(
     return dataclasses.replace(suite, tasks=tasks, models=models, sampling=sampling)
 
 
-def effective_head(model: ModelConfig) -> str | None:
-    """The head a model's speculative cells use: `head`, or `head_fallback` while `head` is a
-    built-in that is not installed. Part of the cell id, so results drafted with the fallback are
-    never mixed with (or resumed as) results drafted with the real head."""
+def effective_head(model: ModelConfig, kind: str = "eagle") -> str | None:
+    """The head a model's speculative cells of a head kind use: for EAGLE-1/2, `head`, or
+    `head_fallback` while `head` is a built-in that is not installed; for EAGLE-3, `eagle3_head`.
+    Part of the cell id, so results drafted with the fallback are never mixed with (or resumed as)
+    results drafted with the real head."""
     from harness.models import builtin_head_available
 
+    if kind not in HEAD_KEYS:
+        raise KeyError(f"unknown head kind {kind!r}; head kinds: {', '.join(HEAD_KEYS)}")
+    if kind != "eagle":
+        return getattr(model, HEAD_KEYS[kind])
     if model.head and model.head.startswith("builtin:") and model.head_fallback and not builtin_head_available(model.head):
         return model.head_fallback
     return model.head
@@ -863,7 +877,6 @@ def expand(suite: Suite) -> list[Cell]:
     cells: list[Cell] = []
     seen: set[str] = set()
     for model in suite.models:
-        head = effective_head(model)
         for task in suite.tasks:
             for method in suite.methods:
                 if model.methods is not None and method.name not in model.methods:
@@ -882,7 +895,7 @@ def expand(suite: Suite) -> list[Cell]:
                                 top_k=suite.sampling.top_k,
                                 seed=seed,
                                 repeats=suite.repeats,
-                                head=head if METHODS[method.name].needs_head else None,
+                                head=effective_head(model, METHODS[method.name].head_kind) if METHODS[method.name].needs_head else None,
                             )
                             if cell.cell_id in seen:
                                 logger.warning("dropping a duplicate cell %s (the same method configuration is listed twice)", cell.cell_id)

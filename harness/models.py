@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
 from eagle2.target import TargetModel, auto_dtype, parse_dtype
 from harness.files import folder_fingerprint, sha256_of
@@ -210,13 +211,19 @@ def builtin_head_available(spec: str) -> bool:
     return spec.startswith("builtin:") and (builtin_head_path(spec.removeprefix("builtin:")) / "config.json").is_file()
 
 
-def load_head(spec: str | None, target: TargetModel, *, seed: int = 0) -> DraftHead | None:
+def load_head(spec: str | None, target: TargetModel, *, seed: int = 0, kind: str = "eagle") -> DraftHead | Eagle3Head | None:
     """`None` = no head; `random` = a random head (lossless, drafts poorly); `builtin:NAME` = a head
-    shipped in eagle2/heads/; otherwise a folder or hub id in the official EAGLE layout."""
+    shipped in eagle2/heads/; otherwise a folder or hub id in the official layout of the head kind:
+    `eagle` (EAGLE-1/2, DraftHead) or `eagle3` (EAGLE-3, Eagle3Head)."""
     if spec is None:
         return None
+    from eagle2.methods import HEAD_KINDS
+
+    if kind not in HEAD_KINDS:
+        raise KeyError(f"unknown head kind {kind!r}; head kinds: {', '.join(HEAD_KINDS)}")
+    head_class = HEAD_KINDS[kind]
     if spec == "random":
-        head = DraftHead.random(target.config, seed=seed)
+        head = head_class.random(target.config, seed=seed)
     else:
         if spec.startswith("builtin:") and not builtin_head_available(spec):
             available = ", ".join(f"builtin:{n}" for n in builtin_head_names()) or "none installed"
@@ -225,7 +232,7 @@ def load_head(spec: str | None, target: TargetModel, *, seed: int = 0) -> DraftH
                 f"available built-in heads: {available}; use 'random', a folder or a hub id instead"
             )
         path = builtin_head_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else spec
-        head = DraftHead.from_pretrained(path, embedding_shape=tuple(target.embed_tokens.weight.shape))
+        head = head_class.from_pretrained(path, embedding_shape=tuple(target.embed_tokens.weight.shape))
     return head.to(device=target.device, dtype=target.dtype)
 
 

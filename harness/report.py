@@ -67,15 +67,17 @@ METHOD_NAMES = {
     "hf_prompt_lookup": "HF prompt lookup",
     "eagle1": "EAGLE-1",
     "eagle2": "EAGLE-2",
+    "eagle3": "EAGLE-3",
 }
 METHOD_COLORS = {
     "vanilla": "#7f7f7f",
     "eagle1": "#4c72b0",
     "eagle2": "#c44e52",
+    "eagle3": "#8172b3",
     "hf_generate": "#937860",
     "hf_prompt_lookup": "#55a868",
 }
-_SPARE_COLORS = ("#8172b3", "#dd8452", "#da8bc3", "#ccb974", "#64b5cd", "#2f4f4f")
+_SPARE_COLORS = ("#dd8452", "#da8bc3", "#ccb974", "#64b5cd", "#2f4f4f")
 TASK_NAMES = {
     "mtbench": "MT-bench",
     "mt_bench": "MT-bench",

@@ -247,11 +247,11 @@ class _Loaded:
     target: Any
     tokenizer: Any
     chat: ChatTemplate
-    head: Any
-    head_used: str | None
+    heads: dict[str, Any]  # head kind (eagle, eagle3) -> the loaded head
+    heads_used: dict[str, str | None]  # head kind -> what was loaded (a fallback, perhaps)
     source: str
     info: dict[str, Any]
-    head_error: Exception | None = None  # the head failed to load: only the cells that need it fail
+    head_errors: dict[str, Exception] = field(default_factory=dict)  # head kind -> why it failed to load: only its cells fail
 
 
 class Runner:
@@ -338,8 +338,8 @@ class Runner:
 
         out: dict[str, Any] = {}
         for config in _unique(c.model for c in self.cells):
-            needs_head = any(METHODS[c.method].needs_head for c in self.cells if c.model.name == config.name)
-            head = effective_head(config) if needs_head else None
+            kinds = {METHODS[c.method].head_kind for c in self.cells if c.model.name == config.name and METHODS[c.method].needs_head}
+            head = effective_head(config) if "eagle" in kinds else None
             try:
                 weights = weights_fingerprint(config.source, gguf_file=config.gguf_file, revision=config.revision)
             except OSError as error:  # the load will fail and say so; nothing to bind to
@@ -351,6 +351,13 @@ class Runner:
                 logger.warning("model %s: cannot fingerprint head %s (%s)", config.name, head, error)
                 head_sha = None
             out[config.name] = {"source": config.source, "weights_sha256": weights, "head": head, "head_sha256": head_sha}
+            if "eagle3" in kinds:  # the EAGLE-3 head of method eagle3, bound the same way
+                eagle3 = effective_head(config, "eagle3")
+                try:
+                    out[config.name].update(eagle3_head=eagle3, eagle3_head_sha256=head_fingerprint(eagle3))
+                except OSError as error:
+                    logger.warning("model %s: cannot fingerprint head %s (%s)", config.name, eagle3, error)
+                    out[config.name].update(eagle3_head=eagle3, eagle3_head_sha256=None)
         return out
 
     def _check_data_versions(self, old_manifest: dict[str, Any], bindings: dict[str, Any]) -> None:
@@ -370,9 +377,11 @@ class Runner:
             if before.get("weights_sha256") != now["weights_sha256"]:
                 changed.append(f"weights of model {model} ({now['source']}): sha256 {before.get('weights_sha256')} when the run began, "
                                f"{now['weights_sha256']} now")
-            if before.get("head") == now["head"] and before.get("head_sha256") != now["head_sha256"]:
-                changed.append(f"draft head of model {model} ({now['head']}): sha256 {before.get('head_sha256')} when the run began, "
-                               f"{now['head_sha256']} now")
+            for prefix in ("", "eagle3_"):
+                key = f"{prefix}head"
+                if key in now and before.get(key) == now[key] and before.get(f"{key}_sha256") != now[f"{key}_sha256"]:
+                    changed.append(f"draft head of model {model} ({now[key]}): sha256 {before.get(f'{key}_sha256')} when the run began, "
+                                   f"{now[f'{key}_sha256']} now")
         if changed:
             raise ResumeMismatchError(
                 f"cannot resume {self.out}: its records were made from other data: " + "; ".join(changed)
@@ -472,7 +481,7 @@ class Runner:
 
     # -- models ------------------------------------------------------------------------------
 
-    def _load_model(self, config: ModelConfig, needs_head: bool) -> _Loaded:
+    def _load_model(self, config: ModelConfig, head_kinds: set[str]) -> _Loaded:
         from harness.models import chat_template_for, load_head, load_model
 
         device = None if config.device_map else resolve_device(config.device)
@@ -484,27 +493,28 @@ class Runner:
             from eagle2.static import StaticTargetModel
 
             loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=True))
-        head_used = None
-        head = None
-        head_error = None
-        if needs_head:
-            head_used = effective_head(config)
-            if head_used != config.head:
+        heads: dict[str, Any] = {}
+        heads_used: dict[str, str | None] = {}
+        head_errors: dict[str, Exception] = {}
+        for kind in sorted(head_kinds):
+            heads_used[kind] = effective_head(config, kind)
+            if kind == "eagle" and heads_used[kind] != config.head:
                 logger.warning(
                     "model %s: draft head %s is not installed; using the fallback %r (its results say head=%s)",
-                    config.name, config.head, head_used, head_used,
+                    config.name, config.head, heads_used[kind], heads_used[kind],
                 )
             try:
-                head = load_head(head_used, loaded.target)
-            except Exception as error:  # a broken head fails the speculative cells, not vanilla's
-                logger.error("model %s: draft head %s failed to load: %s", config.name, head_used, error)
-                head_error = error
+                heads[kind] = load_head(heads_used[kind], loaded.target, kind=kind)
+            except Exception as error:  # a broken head fails the cells that draft with it, not vanilla's
+                logger.error("model %s: draft head %s failed to load: %s", config.name, heads_used[kind], error)
+                head_errors[kind] = error
         chat = chat_template_for(loaded, config.chat_template, config.system_message)
         info = {
             "source": loaded.source,
             "weights_sha256": loaded.weights_sha256,
-            "head": head_used,
+            "head": heads_used.get("eagle"),
             "head_requested": config.head,
+            **({"eagle3_head": heads_used["eagle3"]} if "eagle3" in heads_used else {}),
             "device": str(loaded.target.device),
             "dtype": str(loaded.target.dtype).removeprefix("torch."),
             "dtype_requested": config.dtype,
@@ -516,9 +526,9 @@ class Runner:
             "stop_token_ids": sorted(chat.stop_token_ids),
             "max_context": loaded.target.max_context,
         }
-        if head_error is not None:
-            info["head_error"] = f"{type(head_error).__name__}: {head_error}"
-        return _Loaded(loaded.target, loaded.tokenizer, chat, head, head_used, loaded.source, info, head_error)
+        for kind, error in head_errors.items():
+            info["head_error" if kind == "eagle" else f"{kind}_head_error"] = f"{type(error).__name__}: {error}"
+        return _Loaded(loaded.target, loaded.tokenizer, chat, heads, heads_used, loaded.source, info, head_errors)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -566,13 +576,15 @@ class Runner:
         text = loaded.tokenizer.decode(list(record.output_ids), skip_special_tokens=True)  # after timing
         binding = self.bindings.get(cell.model.name, {})
         uses_head = METHODS[cell.method].needs_head
+        head_kind = METHODS[cell.method].head_kind
+        head_binding = "head_sha256" if head_kind == "eagle" else f"{head_kind}_head_sha256"
         return {
             "schema": RESULTS_SCHEMA,
             "run_id": self.manifest["run_id"],
             "cell_id": cell.cell_id,
             "model": cell.model.name,
             "model_source": loaded.source,
-            "head": loaded.head_used if uses_head else None,
+            "head": loaded.heads_used.get(head_kind) if uses_head else None,
             "task": cell.task.name,
             "method": cell.method,
             "method_params": dict(cell.method_params),
@@ -605,7 +617,7 @@ class Runner:
             "correct": None,
             "data_sha256": self.data[cell.task.name]["sha256"],
             "weights_sha256": binding.get("weights_sha256"),
-            "head_sha256": binding.get("head_sha256") if uses_head else None,
+            "head_sha256": binding.get(head_binding) if uses_head else None,
             "load": load,
             "finished_at": None,
         }
@@ -658,10 +670,10 @@ class Runner:
         todo = [c for c in cells if not all(self._unit_done(c, q, r) for q in self.questions[c.task.name] for r in range(c.repeats))]
         if not todo:
             return
-        needs_head = any(METHODS[c.method].needs_head for c in todo)
+        head_kinds = {METHODS[c.method].head_kind for c in todo if METHODS[c.method].needs_head}
         logger.info("loading model %s (%s)", config.name, config.source)
         try:
-            loaded = self._load_model(config, needs_head)
+            loaded = self._load_model(config, head_kinds)
         except Exception as error:  # a bad path, no network, OOM: every cell of this model fails
             for cell in todo:
                 self._fail(cell, error)
@@ -676,11 +688,12 @@ class Runner:
         self._write_manifest()
         decoders: dict[str, Any] = {}
         for cell in todo:
-            if loaded.head_error is not None and METHODS[cell.method].needs_head:
-                self._fail(cell, loaded.head_error)
+            if METHODS[cell.method].needs_head and METHODS[cell.method].head_kind in loaded.head_errors:
+                self._fail(cell, loaded.head_errors[METHODS[cell.method].head_kind])
                 continue
             try:
-                decoders[cell.cell_id] = METHODS[cell.method].create(loaded.target, loaded.head, cell.method_params)
+                spec = METHODS[cell.method]
+                decoders[cell.cell_id] = spec.create(loaded.target, loaded.heads.get(spec.head_kind), cell.method_params)
             except Exception as error:
                 self._fail(cell, error)
         warmed: set[str] = set()

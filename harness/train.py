@@ -108,6 +108,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from eagle2.train.trainer import TrainConfig, train
 
+    if args.head_kind == "eagle3":
+        cmd_train_eagle3(args)
+        return
+    if args.ttt_steps is None:
+        args.ttt_steps = TrainConfig().ttt_steps
     values = {name: getattr(args, name) for name in asdict(TrainConfig())}
     values["betas"] = tuple(values["betas"])
     values["extra_distill"] = tuple(values["extra_distill"])
@@ -133,6 +138,34 @@ def cmd_train(args: argparse.Namespace) -> None:
         state_dir=Path(args.state_dir) if args.state_dir else None,
     )
     bar.close()
+
+
+def cmd_train_eagle3(args: argparse.Namespace) -> None:
+    """`train --head-kind eagle3`: an EAGLE-3 head on the same distilled records (training-time test)."""
+    from eagle2.train.dataset import load_records
+    from eagle2.train.eagle3 import Eagle3TrainConfig, train_eagle3
+    from eagle2.target import parse_dtype
+    from eagle2.train.io import atomic_write_json
+
+    defaults = Eagle3TrainConfig()
+    # The stage's shared flags: --ttt-steps (None = the official 7) and --ttt-decay (the step weights' decay).
+    values = {name: getattr(args, name) for name in asdict(defaults) if name not in ("ttt_steps", "step_decay") and hasattr(args, name)}
+    config = Eagle3TrainConfig(**values, ttt_steps=args.ttt_steps or defaults.ttt_steps, step_decay=args.ttt_decay)
+    loaded, chat = load_target_and_chat(args)
+    records = load_records(Path(args.work) / "distill", max_shards=args.max_shards)
+    bar = progress_bar(None, "train eagle3", "record")
+
+    def progress(step: int, total: int, row: dict) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(loss=f"{row['loss']:.3f}", step0=f"{row['step0_loss']:.3f}", refresh=True)
+
+    head, summary = train_eagle3(loaded.target, records, config, stop_token_ids=tuple(sorted(chat.stop_token_ids)), progress=progress)
+    bar.close()
+    out = Path(args.out)
+    head.to(device="cpu", dtype=parse_dtype(args.save_dtype)).save_pretrained(out)
+    atomic_write_json(out / "training.json", {"head_kind": "eagle3", "model": args.model, **summary})
+    logger.info("EAGLE-3 head written to %s (held-out accuracy by step: %s)", out, (summary["heldout"] or {}).get("accuracy_by_step"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -318,7 +351,9 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
         elif name == "ttt_weights":
             p.add_argument("--ttt-weights", type=float, nargs="*", default=[], help="loss weight of each unrolled step (default ttt_decay**j)")
         elif name == "ttt_steps":
-            p.add_argument("--ttt-steps", type=int, default=value, help="training-time test: draft steps unrolled per position (1 = plain EAGLE)")
+            p.add_argument("--ttt-steps", type=int, default=None,
+                           help="training-time test: draft steps unrolled per position (default: 1 = plain EAGLE for --head-kind eagle, "
+                           "the official 7 for eagle3); --ttt-decay weighs step j by ttt_decay**j for both kinds")
         elif isinstance(value, bool):
             p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=value)
         elif isinstance(value, tuple):
@@ -327,6 +362,8 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
             p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--max-shards", type=int, default=None, help="use only the first N shards")
     p.add_argument("--state-dir", default=None, help="checkpoint/log folder (default WORK/train); give each run over the same WORK its own")
+    p.add_argument("--head-kind", choices=["eagle", "eagle3"], default="eagle",
+                   help="eagle: the EAGLE-1/2 layout (default); eagle3: an EAGLE-3 head trained with the training-time test")
     add_model_arguments(p)
     p.set_defaults(func=cmd_train)
 

@@ -39,10 +39,10 @@ def test_validate_good_and_bad(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "ok:" in out and "-> 24 cells" in out and "tiny-random.mt_bench.vanilla.T0.s0." in out
     bad = tmp_path / "bad.yaml"
-    bad.write_text("schema: 1\nname: x\nmodels: [{name: m, head: random}]\ntasks: [mt_bench]\nmethods: [eagle3]\n")
+    bad.write_text("schema: 1\nname: x\nmodels: [{name: m, head: random}]\ntasks: [mt_bench]\nmethods: [eagel2]\n")
     assert main(["validate", str(bad)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert str(bad) in err and "methods[0].name: 'eagle3' is not allowed; did you mean 'eagle2'?" in err
+    assert str(bad) in err and "methods[0].name: 'eagel2' is not allowed; did you mean 'eagle2'?" in err
 
 
 def test_bad_arguments_exit_2(capsys):

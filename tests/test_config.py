@@ -185,6 +185,23 @@ def test_bad_sampling_seeds_and_schema(tmp_path):
 def test_speculative_method_needs_a_head(tmp_path):
     message = problems(tmp_path, MINIMAL.replace("    head: random\n", ""))
     assert "models[0].head: model 'm' has no draft head but methods[1] (eagle2) needs one" in message
+    message = problems(tmp_path, MINIMAL.replace("  - eagle2\n", "  - eagle3\n"))
+    assert "models[0].eagle3_head: model 'm' has no EAGLE-3 head (eagle3_head) but methods[1] (eagle3) needs one" in message
+    assert "models[0].head:" not in message  # eagle3 does not need the EAGLE-1/2 head
+
+
+def test_eagle3_cells_use_the_eagle3_head_and_leave_other_cell_ids_alone(tmp_path):
+    from harness.config import expand
+
+    base = load_suite(write(tmp_path, MINIMAL, "a.yaml"))
+    with_eagle3 = load_suite(write(tmp_path, MINIMAL.replace("    head: random\n", "    head: random\n    eagle3_head: some/eagle3-head\n").replace(
+        "  - eagle2\n", "  - eagle2\n  - name: eagle3\n    params: {depth: 3}\n"), "b.yaml"))
+    before = {c.cell_id for c in expand(base)}
+    after = expand(with_eagle3)
+    assert before <= {c.cell_id for c in after}  # adding an EAGLE-3 head changes no existing cell
+    eagle3 = [c for c in after if c.method == "eagle3"]
+    assert eagle3 and all(c.head == "some/eagle3-head" for c in eagle3)
+    assert all(c.head == "random" for c in after if c.method == "eagle2")
 
 
 def test_missing_required_duplicates_and_yaml_errors(tmp_path):

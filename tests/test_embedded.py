@@ -54,3 +54,19 @@ def test_speculative_greedy_equals_vanilla_on_chat_prompts(embedded):
             ):
                 record = generate(target, prompt, max_new_tokens=48, stop_token_ids=stops, proposer=proposer)
                 assert record.output_ids == expected.output_ids, (name, type(proposer).__name__)
+
+
+def test_eagle3_greedy_equals_vanilla_on_chat_prompts(embedded):
+    """A random EAGLE-3 head (features from layers 2, 15 and 27 of 30) with a reduced draft
+    vocabulary: float32 greedy output still equals vanilla token for token (two prompts, a
+    16-token tree: a random head accepts ~nothing, so every step verifies a full tree)."""
+    from eagle2 import Eagle3Head
+
+    target, prompts, stops = embedded
+    head = Eagle3Head.random(target.config, seed=0, draft_vocab=torch.arange(0, target.vocab_size, 4))
+    for prompt in prompts[:2]:
+        expected = generate(target, prompt, max_new_tokens=32, stop_token_ids=stops)
+        proposer = DynamicTreeProposer(head, target, depth=4, top_k=4, total_tokens=16)
+        record = generate(target, prompt, max_new_tokens=32, stop_token_ids=stops, proposer=proposer)
+        assert record.output_ids == expected.output_ids
+        assert proposer.features.layer_inputs == (2, 15, 27)

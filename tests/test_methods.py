@@ -6,8 +6,8 @@ from conftest import random_prompt
 
 
 def test_unknown_method_lists_the_available_ones():
-    with pytest.raises(KeyError, match="available: vanilla, eagle1, eagle2"):
-        get_method("eagle3")
+    with pytest.raises(KeyError, match="available: vanilla, eagle1, eagle2, eagle3"):
+        get_method("eagle4")
 
 
 def test_parameters_are_validated_with_allowed_values():

@@ -294,6 +294,60 @@ def test_the_chat_template_also_stops_at_the_generation_config_eos_ids():
     assert chat_template_for(loaded).stop_token_ids == plain | {9}
 
 
+def test_eagle3_cells_run_with_their_own_head_and_are_lossless(tmp_path):
+    """A local 8-layer model folder with an EAGLE-2-layout head and an EAGLE-3 head folder: each
+    method drafts with its own head kind, the records say which, and greedy output equals vanilla."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from eagle2 import DraftHead, Eagle3Head
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    DraftHead.random(config, seed=1).save_pretrained(tmp_path / "eagle-head")
+    Eagle3Head.random(config, seed=2, draft_vocab=torch.arange(0, len(tokenizer), 2)).save_pretrained(tmp_path / "eagle3-head")
+    suite = make_suite(tmp_path, f"""\
+        schema: 1
+        name: eagle3-run
+        models:
+          - name: deep
+            source: {tmp_path / "model"}
+            dtype: float64
+            device: cpu
+            head: {tmp_path / "eagle-head"}
+            eagle3_head: {tmp_path / "eagle3-head"}
+        tasks:
+          - name: mt_bench
+            limit: 1
+            max_new_tokens: 6
+        methods:
+          - vanilla
+          - name: eagle2
+            params: {{depth: 3, top_k: 3, total_tokens: 8}}
+          - name: eagle3
+            params: {{depth: 3, top_k: 3, total_tokens: 8}}
+        sampling:
+          temperatures: [0]
+        warmup: {{generations: 0}}
+        """)
+    summary = run_suite(suite, options(tmp_path / "out"))
+    assert summary.status == "complete" and summary.failures == 0
+    records = rows(tmp_path / "out")
+    heads = {r["method"]: r["head"] for r in records}
+    assert heads == {"vanilla": None, "eagle2": str(tmp_path / "eagle-head"), "eagle3": str(tmp_path / "eagle3-head")}
+    outputs = {(r["method"], r["turn"]): r["output_ids"] for r in records}
+    assert outputs[("eagle3", 1)] == outputs[("vanilla", 1)] == outputs[("eagle2", 1)]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["models"]["deep"]["eagle3_head"] == str(tmp_path / "eagle3-head")
+    head_sha = {r["method"]: r["head_sha256"] for r in records}
+    assert head_sha["vanilla"] is None and None not in (head_sha["eagle2"], head_sha["eagle3"]) and head_sha["eagle2"] != head_sha["eagle3"]
+
+
 def test_a_broken_head_fails_only_the_cells_that_need_it(tmp_path):
     head = tmp_path / "broken-head"
     head.mkdir()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import eagle2.verify as verify_module
-from eagle2 import DynamicTreeProposer, SamplingConfig, StaticTreeProposer, generate
+from eagle2 import DynamicTreeProposer, Eagle3Head, SamplingConfig, StaticTreeProposer, generate
 from eagle2.tree import DraftTree
 from eagle2.verify import target_distribution, verify_sampling
 from conftest import random_prompt, tiny_head, tiny_llama
@@ -122,9 +122,9 @@ def test_the_check_catches_a_broken_residual_update(monkeypatch, mutant):
     assert chi_square_p_value(first, exact_first, runs) < 1e-6
 
 
-def peaked_tiny_target():
+def peaked_tiny_target(layers: int = 2):
     """A tiny random model whose next-token distributions are far from uniform."""
-    target = tiny_llama(vocab_size=5, seed=11)
+    target = tiny_llama(vocab_size=5, seed=11, layers=layers)
     with torch.no_grad():
         target.lm_head.weight.mul_(12.0)
     return target
@@ -141,10 +141,14 @@ def exact_sequence_probs(target, prompt, length, sampling):
     return probs
 
 
-@pytest.mark.parametrize("method,lazy_logits", [("eagle2", True), ("eagle1", True), ("eagle2", False)])
+@pytest.mark.parametrize("method,lazy_logits", [("eagle2", True), ("eagle1", True), ("eagle2", False), ("eagle3", True)])
 def test_end_to_end_speculative_sampling_matches_the_target(method, lazy_logits):
-    target = peaked_tiny_target()
-    head = tiny_head(target, seed=4)
+    if method == "eagle3":  # EAGLE-3 reads layers 2, N // 2 and N - 3: at least 7 layers
+        target = peaked_tiny_target(layers=7)
+        head = Eagle3Head.random(target.config, seed=4).to(target.dtype)
+    else:
+        target = peaked_tiny_target()
+        head = tiny_head(target, seed=4)
     prompt = random_prompt(5, 6, 7)
     sampling = SamplingConfig(temperature=1.0)
     length, runs = 3, 1500
@@ -154,7 +158,7 @@ def test_end_to_end_speculative_sampling_matches_the_target(method, lazy_logits)
     for _ in range(runs):
         proposer = (
             DynamicTreeProposer(head, target, depth=3, top_k=3, total_tokens=10)
-            if method == "eagle2"
+            if method in ("eagle2", "eagle3")
             else StaticTreeProposer(head, target, tree=[[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0]])
         )
         record = generate(target, prompt, max_new_tokens=length, proposer=proposer, sampling=sampling, generator=generator, lazy_logits=lazy_logits)
