@@ -469,7 +469,7 @@ class Runner:
     def _fail(self, cell: Cell, error: BaseException, question_id: str | None = None, turn: int | None = None, repeat: int | None = None) -> None:
         self.failed += 1
         where = f"{cell.cell_id}" + (f" question {question_id}" if question_id is not None else "") + (f" turn {turn}" if turn else "")
-        logger.error("failed: %s: %s: %s", where, type(error).__name__, error)
+        logger.error("failed: %s: %s: %s", where, getattr(error, "error_type", type(error).__name__), error)
         self.failures.append(
             {
                 "run_id": self.manifest["run_id"],

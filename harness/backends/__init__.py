@@ -97,11 +97,11 @@ def slurm_minutes(text: str) -> int:
     return minutes
 
 
-def require(backend: str) -> None:
+def require(backend: str, extras: Mapping[str, tuple[str, str]] = EXTRAS) -> None:
     """Raise BackendError naming the extra to install when `backend`'s package is missing."""
-    if backend not in EXTRAS:
+    if backend not in extras:
         return
-    module, extra = EXTRAS[backend]
+    module, extra = extras[backend]
     if importlib.util.find_spec(module) is None:
         raise BackendError(f"--backend {backend} needs the `{module}` package, which is not installed: pip install 'eagle2-bench[{extra}]'")
 

@@ -8,6 +8,7 @@ dies is restarted by Ray (max_restarts) and its unit retried; records it already
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from harness.backends import (
     BackendError, BackendOptions, Event, ModelLoaded, ModelReady, Record, UnitFailed, UnitFailure, UnitFinished, UnitQueue,
     UnitStarted, WorkerSpec, WorkerStarted, WorkUnit, require, worker_failure,
 )
+
+RESTART_POLL_S = 0.5  # how often to ask a restarting actor whether it is back
 
 
 def model_resources(unit: WorkUnit, spec: WorkerSpec) -> tuple[int, int]:
@@ -89,14 +92,27 @@ class RayBackend:
             idle = list(actors)
             busy: dict[Any, tuple[str, WorkUnit]] = {}  # streaming generator -> (worker, unit)
             failed: dict[Any, UnitFailure] = {}
+            recovering: dict[Any, str] = {}  # describe() call on a restarting actor -> worker
             while queue or busy:
                 while idle and queue:
                     worker = idle.pop(0)
                     unit = queue.take()
                     busy[actors[worker].run.remote(unit)] = (worker, unit)
                     yield UnitStarted(unit, worker)
-                ready, _ = ray.wait(list(busy), num_returns=1)
-                for stream in ready:
+                if not busy and not recovering:
+                    continue
+                ready, _ = ray.wait(list(busy) + list(recovering), num_returns=1)
+                for ref in ready:
+                    if ref in recovering:  # a restarted actor answers (or is still coming back)
+                        worker = recovering.pop(ref)
+                        try:
+                            yield WorkerStarted(worker, ray.get(ref))
+                            idle.append(worker)
+                        except ray.exceptions.ActorUnavailableError:
+                            time.sleep(RESTART_POLL_S)
+                            recovering[actors[worker].describe.remote()] = worker
+                        continue
+                    stream = ref
                     worker, unit = busy[stream]
                     try:
                         item = ray.get(next(stream))
@@ -112,12 +128,8 @@ class RayBackend:
                     except ray.exceptions.RayError as error:  # the actor died (killed, OOM, node lost)
                         del busy[stream]
                         failed.pop(stream, None)
-                        idle.append(worker)
                         yield UnitFailed(unit, worker, worker_failure(error, f"Ray worker {worker} died"), queue.failed(unit))
-                        try:  # Ray restarts it; describe the new process
-                            yield WorkerStarted(worker, ray.get(actors[worker].describe.remote()))
-                        except ray.exceptions.RayError:
-                            pass
+                        recovering[actors[worker].describe.remote()] = worker  # Ray restarts it; use it once it answers
                         continue
                     if isinstance(item, UnitFailure):
                         failed[stream] = item
