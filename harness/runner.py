@@ -722,7 +722,10 @@ class Runner:
         decoder = cache.decoders[cell.cell_id]
         if cell.cell_id not in cache.warmed and questions:
             cache.warmed.add(cell.cell_id)
-            self._warm_up(loaded, decoder, cell, questions[0])
+            try:
+                self._warm_up(loaded, decoder, cell, questions[0])
+            except Exception as error:  # as in _run_model: the timed generations will say whether it matters
+                logger.warning("warm-up of %s failed: %s", cell.cell_id, error)
         for question in questions:
             for repeat in range(cell.repeats):
                 yield from self._question_rows(loaded, decoder, cell, question, repeat)

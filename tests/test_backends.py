@@ -6,6 +6,7 @@ retries while the rest finish; bad backend options are rejected with a clear err
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -173,6 +174,10 @@ def test_the_cli_rejects_bad_backend_options(suite, capsys):
         assert "no CUDA GPU is visible" in capsys.readouterr().err
         assert not (Path(suite.path).parent / "never").exists()
     assert main(["validate", suite.path, "--backend", "ray", "--ray-address", "auto"]) == 0
+    if importlib.util.find_spec("ray") is not None:  # well formed, but no Ray there: a clear error in seconds
+        out = Path(suite.path).parent / "unreachable"
+        assert main(["run", suite.path, "--backend", "ray", "--ray-address", "127.0.0.1:1", "--out", str(out), "--data-dir", str(DATA_DIR)]) == 2
+        assert "--ray-address 127.0.0.1:1: nothing answers there" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------

@@ -265,10 +265,12 @@ class UnitFailure:
 
     @classmethod
     def from_exception(cls, error: BaseException) -> UnitFailure:
+        from harness.runner import TurnFailed
+
         where: dict[str, Any] = {}
         cause: BaseException = error
-        if type(error).__name__ == "TurnFailed" and error.__cause__ is not None:
-            where = {"question_id": error.question_id, "turn": error.turn, "repeat": error.repeat}  # type: ignore[attr-defined]
+        if isinstance(error, TurnFailed) and error.__cause__ is not None:
+            where = {"question_id": error.question_id, "turn": error.turn, "repeat": error.repeat}
             cause = error.__cause__
         text = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__)[-6:])
         return cls(type(cause).__name__, str(cause), text, **where)

@@ -3,7 +3,7 @@
 
 Each worker has its own task queue (the driver hands an idle worker the next unit, preferring one of
 the model it holds) and all send events on one queue. A worker that dies is restarted and its unit
-retried; a worker whose driver is gone exits.
+retried; a worker whose driver is gone (killed) exits after its current unit.
 """
 
 from __future__ import annotations

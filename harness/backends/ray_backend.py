@@ -8,6 +8,7 @@ dies is restarted by Ray (max_restarts) and its unit retried; records it already
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from harness.backends import (
     UnitStarted, WorkerSpec, WorkerStarted, WorkUnit, require, worker_failure,
 )
 
+CONNECT_TIMEOUT_S = 10.0
 RESTART_POLL_S = 0.5  # how often to ask a restarting actor whether it is back
 
 
@@ -40,6 +42,13 @@ class RayBackend:
         if ray.is_initialized():
             return False
         address = None if self.options.ray_address in (None, "local") else self.options.ray_address
+        if address not in (None, "auto"):
+            host, _, port = address.removeprefix("ray://").rpartition(":")
+            try:  # fail in seconds with a clear message, not after Ray's own minute of retries
+                socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            except OSError as error:
+                raise BackendError(f"--ray-address {address}: nothing answers there ({error}); is the Ray head running "
+                                   "(`ray start --head`)? Omit --ray-address to start a local Ray instance") from error
         try:
             ray.init(
                 address=address,
