@@ -879,10 +879,17 @@ class Runner:
                 workers.setdefault(event.worker, {}).setdefault("models", {})[event.model] = event.info.get("device")
                 self.manifest["models"].setdefault(event.model, dict(event.info))
                 self.manifest["hardware"]["devices"].setdefault(event.model, event.info.get("device"))
+                if event.read_bandwidth_bytes_per_s is not None:  # as _run_model measures it, but on the worker
+                    workers[event.worker]["read_bandwidth_bytes_per_s"] = event.read_bandwidth_bytes_per_s
+                    bandwidths = self.manifest["hardware"].setdefault("read_bandwidth_bytes_per_s", {})
+                    bandwidths.setdefault(str(event.info.get("device")), event.read_bandwidth_bytes_per_s)
                 self._write_manifest()
             if progress is not None:
                 progress.set_description(f"{self.suite.name} [{len(busy)} busy / {len(workers)} workers]", refresh=False)
         self.manifest["sessions"][-1]["unit_retries"] = retried
+        half = sorted(name for name, info in self.manifest["models"].items() if info.get("dtype") in ("float16", "bfloat16"))
+        if half:  # _audit needs the model in this process; not done for workers yet
+            logger.warning("the half-precision lossless audit (audit.jsonl) does not run with a backend; models: %s", ", ".join(half))
 
     def run(self) -> RunSummary:
         self._check_code_isolation()

@@ -233,6 +233,7 @@ def check_run(out: Path, reference: dict, cells_subset: bool = False) -> None:
     assert_greedy_lossless(out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["hardware"]["devices"] == {"tiny": "cpu"}
+    assert manifest["hardware"]["read_bandwidth_bytes_per_s"]["cpu"] > 0  # measured by a worker, as in-process
     assert manifest["workers"] and all(w["harness_code"] == str(REPO_ROOT) for w in manifest["workers"].values())
     assert not rows(out, "failures.jsonl")
 

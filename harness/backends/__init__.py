@@ -249,7 +249,8 @@ class WorkerSpec:
 @dataclass(frozen=True)
 class ModelLoaded:
     model: str
-    info: Mapping[str, Any]
+    info: Mapping[str, Any]  # the runner's description of the loaded model (manifest `models`)
+    read_bandwidth_bytes_per_s: float | None = None  # measured on the worker's device (manifest hardware)
 
 
 @dataclass(frozen=True)
@@ -315,6 +316,7 @@ class ModelReady:
     worker: str
     model: str
     info: Mapping[str, Any]
+    read_bandwidth_bytes_per_s: float | None = None
 
 
 @dataclass(frozen=True)

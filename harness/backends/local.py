@@ -116,7 +116,7 @@ class ProcessBackend:
                     failed[name] = payload
                 elif isinstance(payload, ModelLoaded):
                     holds[name] = payload.model
-                    yield ModelReady(name, payload.model, payload.info)
+                    yield ModelReady(name, payload.model, payload.info, payload.read_bandwidth_bytes_per_s)
                 else:
                     work.delivered_row(unit, payload)
                     yield Record(unit, name, payload)

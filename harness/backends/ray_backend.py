@@ -143,7 +143,7 @@ class RayBackend:
                     if isinstance(item, UnitFailure):
                         failed[stream] = item
                     elif isinstance(item, ModelLoaded):
-                        yield ModelReady(worker, item.model, item.info)
+                        yield ModelReady(worker, item.model, item.info, item.read_bandwidth_bytes_per_s)
                     else:
                         queue.delivered_row(unit, item)
                         yield Record(unit, worker, item)

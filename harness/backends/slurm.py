@@ -95,7 +95,7 @@ class SlurmBackend:
                             if isinstance(item, UnitFailure):
                                 failure = item
                             elif isinstance(item, ModelLoaded):
-                                yield ModelReady(worker, item.model, item.info)
+                                yield ModelReady(worker, item.model, item.info, item.read_bandwidth_bytes_per_s)
                             else:
                                 work.delivered_row(unit, item)
                                 yield Record(unit, worker, item)

@@ -24,6 +24,7 @@ class UnitWorker:
             torch.set_num_threads(spec.threads)
         self.runner = Runner.for_worker(spec.suite, spec.run_id, spec.execute_code)
         self.cache = WorkerCache()
+        self.bandwidths: dict[str, float] = {}  # device -> bytes/s, measured once per worker
 
     def describe(self) -> dict[str, object]:
         """Where this worker runs (for the manifest's `workers`)."""
@@ -46,16 +47,24 @@ class UnitWorker:
         """Yield the unit's finished records as they finish; a failure ends the stream with a UnitFailure."""
         before = self.cache.model
         try:
-            rows = self.runner.run_unit(unit.cell, unit.questions, unit.done, self.cache)
-            for row in rows:
+            for row in self.runner.run_unit(unit.cell, unit.questions, unit.done, self.cache):
                 if self.cache.model != before:  # the model loaded for this unit: say what it is
                     before = self.cache.model
-                    yield ModelLoaded(unit.cell.model.name, dict(self.cache.loaded.info))
+                    yield self._loaded(unit)
                 yield row
             if self.cache.model != before:
-                yield ModelLoaded(unit.cell.model.name, dict(self.cache.loaded.info))
+                yield self._loaded(unit)
         except Exception as error:  # the driver retries the unit or records the failure
             yield UnitFailure.from_exception(error)
+
+    def _loaded(self, unit: WorkUnit) -> ModelLoaded:
+        """What was loaded, and this worker's streaming read bandwidth on its device (for the memory floor; untimed)."""
+        from harness.memory import measure_read_bandwidth
+
+        device = self.cache.loaded.target.device
+        if str(device) not in self.bandwidths:
+            self.bandwidths[str(device)] = measure_read_bandwidth(device)
+        return ModelLoaded(unit.cell.model.name, dict(self.cache.loaded.info), self.bandwidths[str(device)])
 
 
 def run_units_job(spec: WorkerSpec, units: Sequence[WorkUnit]) -> tuple[dict[str, object], list[tuple[str, list[WorkerItem]]]]:
