@@ -152,6 +152,16 @@ def test_gpu_indices_are_checked_against_the_machine(suite):
     with pytest.raises(BackendError, match=r"model\(s\) tiny have device: cpu; use --workers N"):
         validate(BackendOptions(gpus=(0, 1)), suite, gpu_count=2)
     validate(BackendOptions(gpus=(0, 1)), gpu_count=2)  # fine on a 2-GPU machine
+    pinned = load_suite_text(Path(suite.path).parent, SUITE.replace("device: cpu", "device: cuda:1"))
+    with pytest.raises(BackendError, match=r"tiny \(cuda:1\) name a GPU, but each worker sees only its own"):
+        validate(BackendOptions(gpus=(0, 1)), pinned, gpu_count=2)
+    validate(BackendOptions(gpus=(0, 1)), load_suite_text(Path(suite.path).parent, SUITE.replace("device: cpu", "device: cuda")), gpu_count=2)
+
+
+def load_suite_text(folder: Path, text: str):
+    path = folder / "other.yaml"
+    path.write_text(text)
+    return load_suite(path)
 
 
 def test_a_missing_backend_package_names_the_extra():

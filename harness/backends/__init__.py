@@ -13,6 +13,12 @@ delivered skipped, then recorded in failures.jsonl; the sweep goes on.
     slurm   a submitit array job, one array task per unit (--slurm-partition, --slurm-time, ...);
             --slurm-cluster local runs the same jobs as local processes (tests, a dry run)
 
+What a backend adds to the run folder's manifest.json (harness.runner writes it): `backend` (these
+options), `workers` (worker name -> host, pid, GPUs, torch threads, CUDA_VISIBLE_DEVICES, the folder
+its harness code came from, models it loaded, read bandwidth), and in the session entry `backend`
+and `unit_retries`. Records and failures keep the runner's schema; a unit that fails as a whole
+(its model does not load, its worker keeps dying) is one failure with question_id = null.
+
 Everything that crosses a process boundary here is a frozen dataclass.
 """
 
@@ -153,6 +159,10 @@ def validate(options: BackendOptions, suite: Suite | None = None, *, gpu_count: 
             cpu = sorted(m.name for m in suite.models if m.device == "cpu")
             if cpu:
                 raise BackendError(f"--gpus: model(s) {', '.join(cpu)} have device: cpu; use --workers N for CPU worker processes")
+            pinned = sorted(f"{m.name} ({m.device})" for m in suite.models if m.device.startswith("cuda:") and not m.device_map)
+            if pinned:
+                raise BackendError(f"--gpus: model(s) {', '.join(pinned)} name a GPU, but each worker sees only its own GPU "
+                                   "(as cuda:0); use device: cuda or auto")
     if options.backend == "ray":
         if options.ray_address is not None and not _RAY_ADDRESS.match(options.ray_address):
             raise BackendError(f"bad --ray-address {options.ray_address!r}: expected auto, HOST:PORT or ray://HOST:PORT (omit it to start a local Ray instance)")
