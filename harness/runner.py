@@ -854,6 +854,8 @@ class Runner:
         workers = self.manifest.setdefault("workers", {})  # worker -> where it runs; models it loaded
         self.manifest["backend"] = self.manifest["sessions"][-1]["backend"] = backend.options.describe()
         self._write_manifest()
+        if not units:  # a resume with nothing left: start no workers
+            return
         busy: set[str] = set()
         retried = 0
         for event in backend.execute(units, spec, self.out):

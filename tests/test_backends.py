@@ -254,6 +254,10 @@ def test_worker_processes_match_the_in_process_run(suite, reference, tmp_path):
     assert summary.status == "complete" and summary.written == RECORDS and summary.failures == 0
     check_run(out, reference)
     assert len(json.loads((out / "manifest.json").read_text())["workers"]) == 2
+    started = time.monotonic()
+    again = run_suite(suite, options(out, BackendOptions(workers=2), resume=True))  # nothing left: no worker starts
+    assert again.status == "complete" and again.written == 0 and again.skipped == RECORDS and time.monotonic() - started < 30
+    assert outputs(out) == reference
 
 
 def test_ray_matches_the_in_process_run(suite, reference, tmp_path, ray_cluster):
