@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
 BACKENDS = ("local", "ray", "slurm")
 SLURM_CLUSTERS = ("slurm", "local", "debug")  # submitit's executors: a real SLURM, local processes, in-process
-EXTRAS = {"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")}  # backend -> (module, pip extra)
+EXTRAS: Mapping[str, tuple[str, str]] = MappingProxyType({"ray": ("ray", "ray"), "slurm": ("submitit", "slurm")})  # backend -> (module, pip extra)
 DEFAULT_RETRIES = 2
 _RAY_ADDRESS = re.compile(r"^(auto|local|(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d{1,5})$")
 _SLURM_TIME = re.compile(r"^(\d+)$|^(?:(\d+)-)?(\d{1,2}):(\d{2})(?::(\d{2}))?$")
