@@ -691,10 +691,15 @@ class Runner:
     # -- units, for harness.backends ---------------------------------------------------------
 
     @classmethod
-    def for_worker(cls, suite: Suite, run_id: str, execute_code: bool = False) -> Runner:
-        """A runner that writes nothing: it runs units (run_unit) for a driver's Runner, which writes."""
-        runner = cls(suite, RunOptions(out_dir=Path(os.devnull), progress=False, execute_code=execute_code))
+    def for_worker(
+        cls, suite: Suite, run_id: str, data: Mapping[str, Any], bindings: Mapping[str, Any], execute_code: bool = False, code_isolation: str = "sandbox"
+    ) -> Runner:
+        """A runner that writes nothing: it runs units (run_unit) for a driver's Runner, which writes.
+        `data` and `bindings` are the driver's (question files' and models' sha256, stamped on records)."""
+        runner = cls(suite, RunOptions(out_dir=Path(os.devnull), progress=False, execute_code=execute_code, code_isolation=code_isolation))
         runner.manifest = {"run_id": run_id}
+        runner.data = dict(data)
+        runner.bindings = dict(bindings)
         return runner
 
     def run_unit(
@@ -717,6 +722,8 @@ class Runner:
             cache.loaded = self._load_model(cell.model, needs_head)
             cache.model = cell.model.name
         loaded = cache.loaded
+        if loaded.head_error is not None and METHODS[cell.method].needs_head:
+            raise loaded.head_error
         if cell.cell_id not in cache.decoders:
             cache.decoders[cell.cell_id] = METHODS[cell.method].create(loaded.target, loaded.head, cell.method_params)
         decoder = cache.decoders[cell.cell_id]
@@ -850,7 +857,9 @@ class Runner:
         backend = self.options.backend
         units = backends.plan_units(self.cells, self.questions, self.done, backend.options.unit_chunk())
         threads = self.options.overrides.get("threads")
-        spec = backends.WorkerSpec(self.suite, self.manifest["run_id"], self.options.execute_code, threads, backends.code_root())
+        spec = backends.WorkerSpec(
+            self.suite, self.manifest["run_id"], self.data, self.bindings, self.options.execute_code, self.options.code_isolation, threads, backends.code_root()
+        )
         workers = self.manifest.setdefault("workers", {})  # worker -> where it runs; models it loaded
         self.manifest["backend"] = self.manifest["sessions"][-1]["backend"] = backend.options.describe()
         self._write_manifest()
@@ -872,8 +881,10 @@ class Runner:
                         logger.warning("unit %s failed on %s (%s: %s); retrying", event.unit.unit_id, event.worker, failure.error_type, failure.error)
                         continue
                     self._fail(event.unit.cell, failure.as_error(), failure.question_id, failure.turn, failure.repeat)
-                if progress is not None:
-                    progress.update(event.unit.items)
+                    if progress is not None:  # its answers not written are given up (written ones counted as they came)
+                        cell = event.unit.cell
+                        progress.update(sum(1 for q in event.unit.questions for r in range(cell.repeats) for t in range(1, len(q.turns) + 1)
+                                            if (cell.cell_id, q.question_id, r, t) not in self.done))
             elif isinstance(event, backends.WorkerStarted):
                 workers[event.worker] = {**dict(event.info), "models": workers.get(event.worker, {}).get("models", {})}
                 self._write_manifest()

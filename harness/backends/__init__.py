@@ -240,7 +240,6 @@ class WorkUnit:
     cell: Cell
     questions: tuple[Question, ...]
     done: Mapping[tuple[str, int, int], str] = field(default_factory=dict)  # (question_id, repeat, turn) -> output_text
-    items: int = 0  # (question, repeat) pairs it finishes, for the progress bar
 
     def with_done(self, more: Mapping[tuple[str, int, int], str]) -> WorkUnit:
         return dataclasses.replace(self, done={**self.done, **more})
@@ -252,7 +251,10 @@ class WorkerSpec:
 
     suite: Suite
     run_id: str
+    data: Mapping[str, Any]  # task -> question file description (sha256, ...), stamped on records
+    bindings: Mapping[str, Any]  # model -> weights / head sha256, stamped on records
     execute_code: bool = False
+    code_isolation: str = "sandbox"  # how HumanEval code runs when execute_code (harness.sandbox)
     threads: int | None = None  # torch CPU threads in the worker (the driver's --threads)
     code_root: str = ""  # folder holding the harness package the driver runs (put on the workers' PYTHONPATH)
 
@@ -368,14 +370,13 @@ def plan_units(cells: Sequence[Cell], questions: Mapping[str, Sequence[Question]
             for start in range(0, len(task_questions), size):
                 chunk_questions = task_questions[start : start + size]
                 for cell in (c for c in model_cells if c.task.name == task):
-                    todo, answers, items = [], {}, 0
+                    todo, answers = [], {}
                     for question in chunk_questions:
                         turns = range(1, len(question.turns) + 1)
                         open_repeats = [r for r in range(cell.repeats) if any((cell.cell_id, question.question_id, r, t) not in done for t in turns)]
                         if not open_repeats:
                             continue
                         todo.append(question)
-                        items += len(open_repeats)
                         for r in range(cell.repeats):
                             for t in turns:
                                 row = done.get((cell.cell_id, question.question_id, r, t))
@@ -383,7 +384,7 @@ def plan_units(cells: Sequence[Cell], questions: Mapping[str, Sequence[Question]
                                     answers[(question.question_id, r, t)] = str(row.get("output_text", ""))
                     if todo:
                         unit_id = f"{cell.cell_id}#{todo[0].question_id}" + (f"..{todo[-1].question_id}" if len(todo) > 1 else "")
-                        units.append(WorkUnit(unit_id, cell, tuple(todo), answers, items))
+                        units.append(WorkUnit(unit_id, cell, tuple(todo), answers))
     return units
 
 

@@ -22,7 +22,7 @@ class UnitWorker:
 
         if spec.threads is not None:
             torch.set_num_threads(spec.threads)
-        self.runner = Runner.for_worker(spec.suite, spec.run_id, spec.execute_code)
+        self.runner = Runner.for_worker(spec.suite, spec.run_id, spec.data, spec.bindings, spec.execute_code, spec.code_isolation)
         self.cache = WorkerCache()
         self.bandwidths: dict[str, float] = {}  # device -> bytes/s, measured once per worker
 
