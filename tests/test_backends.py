@@ -244,6 +244,9 @@ def check_run(out: Path, reference: dict, cells_subset: bool = False) -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["hardware"]["devices"] == {"tiny": "cpu"}
     assert manifest["hardware"]["read_bandwidth_bytes_per_s"]["cpu"] > 0  # measured by a worker, as in-process
+    for record in rows(out):  # workers stamp what the driver bound the run to, as the in-process runner does
+        assert record["data_sha256"] == manifest["data"]["mt_bench"]["sha256"]
+        assert record["weights_sha256"] == manifest["bindings"]["tiny"]["weights_sha256"]
     assert manifest["workers"] and all(w["harness_code"] == str(REPO_ROOT) for w in manifest["workers"].values())
     assert not rows(out, "failures.jsonl")
 
