@@ -21,6 +21,10 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.config import Suite
 
 logger = logging.getLogger("harness")
 
@@ -99,6 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = apply_overrides(suite, limit=args.limit, max_new_tokens=args.max_new_tokens, temperatures=args.temperatures, device=args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    backend = _backend(args, suite)
     if args.out:
         out = Path(args.out)
     elif args.resume:  # the latest run of this suite
@@ -115,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         code_isolation=args.execute_code or "sandbox",
         progress=not args.no_progress,
         overrides=overrides,
+        backend=backend,
     )
     if any(t.type == "humaneval" for t in suite.tasks) and not args.execute_code:
         logger.info("HumanEval pass@1 is off (`correct` = null); --execute-code runs the model's code to score it")
@@ -169,6 +175,15 @@ def default_report_dir(run_dir: Path) -> Path:
         name = run_dir.parent.name if run_dir.name.startswith("shard-") else run_dir.name
         return Path("reports") / name
     return run_dir / "report"
+
+
+def _backend(args: argparse.Namespace, suite: Suite) -> object | None:
+    """The validated --backend options: None for the in-process default, else a harness.backends backend."""
+    from harness import backends
+
+    options = backends.options_from_args(args)
+    backends.validate(options, suite)
+    return backends.make_backend(options) if options.distributed else None
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -239,6 +254,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from harness import backends
     from harness.config import expand, load_suite
     from harness.models import builtin_head_available
 
@@ -246,6 +262,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.suites:
         suite = load_suite(path)
         cells = expand(suite)
+        backends.validate(backends.options_from_args(args), suite)
         print(f"ok: {suite.path}: schema {suite.schema}, {len(suite.models)} model(s), {len(suite.tasks)} task(s), "
               f"{sum(len(m.grid()) for m in suite.methods)} method configuration(s), "
               f"{len(suite.sampling.temperatures)} temperature(s), {len(suite.seeds)} seed(s) -> {len(cells)} cells")
@@ -277,6 +294,7 @@ DESCRIPTION = textwrap.dedent(
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness import backends
     from harness.check import DEFAULT_SPEEDUP_REL_TOL, DEFAULT_TAU_REL_TOL
 
     parser = argparse.ArgumentParser(prog="python -m harness", description=DESCRIPTION, epilog=EXIT_STATUS_HELP,
@@ -296,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
               python -m harness run suites/tree-sweep.yaml --limit 2 --max-new-tokens 64 --temperatures 0
               python -m harness run mtbench --data-dir ../shared/data --resume   # the same command + --resume: continues the latest run
               python -m harness run suites/paper/vicuna-7b-v1.3.yaml --shard 1/4   # on machine 1 of 4
+              python -m harness run suites/paper/cluster-sweep.yaml --backend ray --ray-address auto
+              python -m harness run suites/mtbench.yaml --gpus 0,1,2,3            # one worker per GPU
             one progress step = one answer (a question's turn, for one method configuration and repeat)
             """
         ) + EXIT_STATUS_HELP,
@@ -321,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "mount namespaces, read-only files, user nobody, resource limits; refused where unavailable), or with "
                           "=unsafe in a plain subprocess with resource limits only (write --execute-code=MODE, or put it after the suite)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    backends.add_arguments(run)
     run.set_defaults(func=cmd_run)
 
     report = commands.add_parser("report", help="tables and figures from run folders",
@@ -360,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Validate suite files; errors name the file, line, key path and allowed values.")
     validate.add_argument("suites", nargs="+", metavar="SUITE")
     validate.add_argument("--cells", action="store_true", help="list every cell id")
+    backends.add_arguments(validate)  # checked as `run` would check them
     validate.set_defaults(func=cmd_validate)
     return parser
 

@@ -127,10 +127,11 @@ class ModelConfig:
     # Names of the suite's methods this model runs (None = all): e.g. a float32 model entry that runs
     # only vanilla, so a report can state the fastest vanilla of the run across dtypes.
     methods: tuple[str, ...] | None = None
+    gpus: int | None = None  # GPUs one copy of the model takes on a Ray/SLURM worker (None: 0 on cpu, else 1)
 
     def identity(self) -> dict[str, Any]:
         """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
-        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "methods"}
+        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "methods", "gpus"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 
@@ -426,6 +427,8 @@ def _check_model(check: _Checker, path: tuple, data: Any) -> ModelConfig | None:
                         hint = f"; did you mean {close[0]!r}?" if close else ""
                         check.error(path + (key, index), f"unknown method {name!r}{hint} available: {', '.join(METHODS)}")
                 value = tuple(value)
+        elif key == "gpus":
+            check.value(path + (key,), value, (int, type(None)), minimum=0)
         else:
             check.value(path + (key,), value, (str, type(None)))
         fields[key] = value

@@ -52,7 +52,7 @@ import platform
 import subprocess
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +172,7 @@ class RunOptions:
     code_isolation: str = "sandbox"  # sandbox: namespaces, refused where unavailable | unsafe: a plain subprocess
     progress: bool = True  # tqdm bars
     overrides: Mapping[str, Any] = field(default_factory=dict)  # recorded in the manifest
+    backend: Any = None  # a harness.backends.Backend that fans units out to workers; None: this process runs every cell
 
 
 @dataclass(frozen=True)
@@ -240,6 +241,24 @@ def latest_run_dir(suite_name: str, *, root: Path = RUNS_ROOT, shard: tuple[int,
 def _run_sort_key(path: Path) -> tuple[str, int]:
     stamp, _, number = path.name.partition("-")
     return stamp, int(number) if number.isdigit() else 1
+
+
+class TurnFailed(Exception):
+    """A generation failed; the cause is the original error."""
+
+    def __init__(self, question_id: str, turn: int, repeat: int) -> None:
+        super().__init__(f"question {question_id} turn {turn} repeat {repeat}")
+        self.question_id, self.turn, self.repeat = question_id, turn, repeat
+
+
+@dataclass
+class WorkerCache:
+    """What a worker keeps between units: one loaded model (each model is loaded once per worker), its decoders, warmed cells."""
+
+    model: str | None = None
+    loaded: Any = None  # _Loaded
+    decoders: dict[str, Any] = field(default_factory=dict)
+    warmed: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -459,7 +478,7 @@ class Runner:
     def _fail(self, cell: Cell, error: BaseException, question_id: str | None = None, turn: int | None = None, repeat: int | None = None) -> None:
         self.failed += 1
         where = f"{cell.cell_id}" + (f" question {question_id}" if question_id is not None else "") + (f" turn {turn}" if turn else "")
-        logger.error("failed: %s: %s: %s", where, type(error).__name__, error)
+        logger.error("failed: %s: %s: %s", where, getattr(error, "error_type", type(error).__name__), error)
         self.failures.append(
             {
                 "run_id": self.manifest["run_id"],
@@ -472,9 +491,10 @@ class Runner:
                 "question_id": question_id,
                 "turn": turn,
                 "repeat": repeat,
-                "error_type": type(error).__name__,
+                "error_type": getattr(error, "error_type", type(error).__name__),  # a worker's failure keeps its own
                 "error": str(error),
-                "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)[-6:]),
+                "traceback": getattr(error, "remote_traceback", None)
+                or "".join(traceback.format_exception(type(error), error, error.__traceback__)[-6:]),
                 "finished_at": utc_now(),
             }
         )
@@ -622,7 +642,10 @@ class Runner:
             "finished_at": None,
         }
 
-    def _run_question(self, loaded: _Loaded, decoder: Any, cell: Cell, question: Question, repeat: int, progress: Any) -> None:
+    def _question_rows(self, loaded: _Loaded, decoder: Any, cell: Cell, question: Question, repeat: int) -> Iterator[dict[str, Any]]:
+        """The finished records (scored, stamped) of one question's turns not in self.done, in turn order.
+
+        A failed generation raises TurnFailed (its cause: the error)."""
         answers: list[str] = []
         spec = get_task(cell.task.type)
         for turn in range(1, len(question.turns) + 1):
@@ -632,13 +655,10 @@ class Runner:
                 continue
             try:
                 row = self._generate(loaded, decoder, cell, question, repeat, turn, answers)
-            except Exception as error:  # OOM, a bad prompt, an engine bug: record it and go on
-                self._fail(cell, error, question.question_id, turn, repeat)
+            except Exception as error:  # OOM, a bad prompt, an engine bug
                 if loaded.target.device.type == "cuda":
                     torch.cuda.empty_cache()
-                if progress is not None:  # this turn and the later ones (they need its answer) are given up
-                    progress.update(len(question.turns) - turn + 1)
-                return
+                raise TurnFailed(question.question_id, turn, repeat) from error
             answers.append(row["output_text"].strip())
             if turn == len(question.turns) and spec.score is not None:
                 try:
@@ -646,22 +666,88 @@ class Runner:
                 except Exception as error:
                     logger.warning("scoring %s question %s failed: %s", cell.cell_id, question.question_id, error)
             row["finished_at"] = utc_now()
-            self.results.append(row)
-            self.done[(cell.cell_id, question.question_id, repeat, turn)] = row
-            self.written += 1
-            if progress is not None:
-                if row["wall_time_s"] > 0:
-                    progress.set_postfix_str(
-                        f"{row['new_tokens'] / row['wall_time_s']:.1f} tok/s tau={row['new_tokens'] / max(row['target_forwards'], 1):.2f}",
-                        refresh=False,
-                    )
-                progress.update(1)
+            yield row
+
+    def _run_question(self, loaded: _Loaded, decoder: Any, cell: Cell, question: Question, repeat: int, progress: Any) -> None:
+        try:
+            for row in self._question_rows(loaded, decoder, cell, question, repeat):
+                self._write(row, progress)
+        except TurnFailed as failed:  # record it and go on
+            self._fail(cell, failed.__cause__ or failed, failed.question_id, failed.turn, failed.repeat)
+            if progress is not None:  # this turn and the later ones (they need its answer) are given up
+                progress.update(len(question.turns) - failed.turn + 1)
+
+    def _write(self, row: dict[str, Any], progress: Any) -> bool:
+        """Append one finished record (the only writer of results.jsonl); False when it is already there."""
+        key = (row["cell_id"], str(row["question_id"]), int(row["repeat"]), int(row["turn"]))
+        if key in self.done:  # a unit retried after its worker died can bring a record back twice
+            return False
+        self.results.append(row)
+        self.done[key] = row
+        self.written += 1
+        if progress is not None:
+            if row["wall_time_s"] > 0:
+                progress.set_postfix_str(
+                    f"{row['new_tokens'] / row['wall_time_s']:.1f} tok/s tau={row['new_tokens'] / max(row['target_forwards'], 1):.2f}",
+                    refresh=False,
+                )
+            progress.update(1)
+        return True
 
     def _answers_left(self, cell: Cell) -> int:
         return sum(
             1 for q in self.questions[cell.task.name] for r in range(cell.repeats) for t in range(1, len(q.turns) + 1)
             if (cell.cell_id, q.question_id, r, t) not in self.done
         )
+
+    # -- units, for harness.backends ---------------------------------------------------------
+
+    @classmethod
+    def for_worker(
+        cls, suite: Suite, run_id: str, data: Mapping[str, Any], bindings: Mapping[str, Any], execute_code: bool = False, code_isolation: str = "sandbox"
+    ) -> Runner:
+        """A runner that writes nothing: it runs units (run_unit) for a driver's Runner, which writes.
+        `data` and `bindings` are the driver's (question files' and models' sha256, stamped on records)."""
+        runner = cls(suite, RunOptions(out_dir=Path(os.devnull), progress=False, execute_code=execute_code, code_isolation=code_isolation))
+        runner.manifest = {"run_id": run_id}
+        runner.data = dict(data)
+        runner.bindings = dict(bindings)
+        return runner
+
+    def run_unit(
+        self, cell: Cell, questions: Sequence[Question], done: Mapping[tuple[str, int, int], str], cache: WorkerCache
+    ) -> Iterator[dict[str, Any]]:
+        """One unit of work (a cell x a chunk of its questions, every repeat): yields each finished record.
+
+        `done` maps (question_id, repeat, turn) to the answer text of turns already written (they are
+        skipped; a later turn is prompted with them). The cell's model is loaded into `cache` unless it
+        is there already. Any failure raises (TurnFailed for a generation); the driver retries the unit.
+        """
+        for (question_id, repeat, turn), text in done.items():
+            self.done[(cell.cell_id, question_id, repeat, turn)] = {"output_text": text}
+        if cache.model != cell.model.name:
+            cache.model, cache.loaded = None, None
+            cache.decoders.clear()
+            cache.warmed.clear()
+            gc.collect()
+            needs_head = any(METHODS[c.method].needs_head for c in self.cells if c.model.name == cell.model.name)
+            cache.loaded = self._load_model(cell.model, needs_head)
+            cache.model = cell.model.name
+        loaded = cache.loaded
+        if loaded.head_error is not None and METHODS[cell.method].needs_head:
+            raise loaded.head_error
+        if cell.cell_id not in cache.decoders:
+            cache.decoders[cell.cell_id] = METHODS[cell.method].create(loaded.target, loaded.head, cell.method_params)
+        decoder = cache.decoders[cell.cell_id]
+        if cell.cell_id not in cache.warmed and questions:
+            cache.warmed.add(cell.cell_id)
+            try:
+                self._warm_up(loaded, decoder, cell, questions[0])
+            except Exception as error:  # as in _run_model: the timed generations will say whether it matters
+                logger.warning("warm-up of %s failed: %s", cell.cell_id, error)
+        for question in questions:
+            for repeat in range(cell.repeats):
+                yield from self._question_rows(loaded, decoder, cell, question, repeat)
 
     def _unit_done(self, cell: Cell, question: Question, repeat: int) -> bool:
         return all((cell.cell_id, question.question_id, repeat, t) in self.done for t in range(1, len(question.turns) + 1))
@@ -777,6 +863,60 @@ class Runner:
         for row in rows:
             self.audit.append(row)
 
+    def _run_units(self, progress: Any) -> None:
+        """Fan the units out through options.backend (harness.backends); this process alone writes."""
+        from harness import backends
+
+        backend = self.options.backend
+        units = backends.plan_units(self.cells, self.questions, self.done, backend.options.unit_chunk())
+        threads = self.options.overrides.get("threads")
+        spec = backends.WorkerSpec(
+            self.suite, self.manifest["run_id"], self.data, self.bindings, self.options.execute_code, self.options.code_isolation, threads, backends.code_root()
+        )
+        workers = self.manifest.setdefault("workers", {})  # worker -> where it runs; models it loaded
+        self.manifest["backend"] = self.manifest["sessions"][-1]["backend"] = backend.options.describe()
+        self._write_manifest()
+        if not units:  # a resume with nothing left: start no workers
+            return
+        busy: set[str] = set()
+        retried = 0
+        for event in backend.execute(units, spec, self.out):
+            if isinstance(event, backends.Record):
+                self._write(dict(event.row), progress)
+            elif isinstance(event, backends.UnitStarted):
+                busy.add(event.worker)
+            elif isinstance(event, (backends.UnitFinished, backends.UnitFailed)):
+                busy.discard(event.worker)
+                if isinstance(event, backends.UnitFailed):
+                    failure = event.failure
+                    if not event.final:
+                        retried += 1
+                        logger.warning("unit %s failed on %s (%s: %s); retrying", event.unit.unit_id, event.worker, failure.error_type, failure.error)
+                        continue
+                    self._fail(event.unit.cell, failure.as_error(), failure.question_id, failure.turn, failure.repeat)
+                    if progress is not None:  # its answers not written are given up (written ones counted as they came)
+                        cell = event.unit.cell
+                        progress.update(sum(1 for q in event.unit.questions for r in range(cell.repeats) for t in range(1, len(q.turns) + 1)
+                                            if (cell.cell_id, q.question_id, r, t) not in self.done))
+            elif isinstance(event, backends.WorkerStarted):
+                workers[event.worker] = {**dict(event.info), "models": workers.get(event.worker, {}).get("models", {})}
+                self._write_manifest()
+            elif isinstance(event, backends.ModelReady):
+                workers.setdefault(event.worker, {}).setdefault("models", {})[event.model] = event.info.get("device")
+                self.manifest["models"].setdefault(event.model, dict(event.info))
+                self.manifest["hardware"]["devices"].setdefault(event.model, event.info.get("device"))
+                if event.read_bandwidth_bytes_per_s is not None:  # as _run_model measures it, but on the worker
+                    workers[event.worker]["read_bandwidth_bytes_per_s"] = event.read_bandwidth_bytes_per_s
+                    bandwidths = self.manifest["hardware"].setdefault("read_bandwidth_bytes_per_s", {})
+                    bandwidths.setdefault(str(event.info.get("device")), event.read_bandwidth_bytes_per_s)
+                self._write_manifest()
+            if progress is not None:
+                progress.set_description(f"{self.suite.name} [{len(busy)} busy / {len(workers)} workers]", refresh=False)
+        self.manifest["sessions"][-1]["unit_retries"] = retried
+        half = sorted(name for name, info in self.manifest["models"].items() if info.get("dtype") in ("float16", "bfloat16"))
+        if half:  # _audit needs the model in this process; not done for workers yet
+            logger.warning("the half-precision lossless audit (audit.jsonl) does not run with a backend; models: %s", ", ".join(half))
+
     def run(self) -> RunSummary:
         self._check_code_isolation()
         make_folder(self.out)
@@ -804,8 +944,11 @@ class Runner:
                 # One step = one answer (a question's turn, for one method configuration and repeat).
                 progress = tqdm(total=answers, initial=skipped, unit="answer", desc=self.suite.name, dynamic_ncols=True)
             try:
-                for model in _unique(c.model for c in self.cells):
-                    self._run_model(model, [c for c in self.cells if c.model.name == model.name], progress)
+                if self.options.backend is not None:
+                    self._run_units(progress)
+                else:
+                    for model in _unique(c.model for c in self.cells):
+                        self._run_model(model, [c for c in self.cells if c.model.name == model.name], progress)
             finally:
                 if progress is not None:
                     progress.close()
