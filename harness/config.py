@@ -20,7 +20,7 @@ Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is option
         device: auto                   # auto (cuda if present, else cpu) | cpu | cuda | cuda:N | mps
         device_map: null               # passed to transformers (e.g. auto); then `device` is ignored
         compile: auto                  # auto | true | false: the static-shape, torch.compile'd engine path
-                                       # (auto: true on CUDA, false on CPU, where it measured no faster)
+                                       # (auto: true on CUDA, and on a CPU in bf16/fp16, where it measured faster)
         methods: null                  # the suite's methods this model runs (null = all), e.g. [vanilla]
         head: random                   # null | random | builtin:NAME | folder | hub id (EAGLE-1/2 layout)
         head_fallback: null            # used, with a warning, when `head` is a built-in not installed
@@ -122,7 +122,7 @@ class ModelConfig:
     chat_template: str = "tokenizer"  # tokenizer | FastChat template name
     system_message: str | None = None  # None = the template's default
     # auto | true | false: run the engine's static-shape path (eagle2.static) with torch.compile;
-    # auto = true on CUDA (CUDA graphs), false on a CPU (measured no faster there; see README).
+    # auto = true on CUDA (CUDA graphs) and for bf16/fp16 on a CPU; false for float32 on a CPU (see README).
     compile: str | bool = "auto"
     # Names of the suite's methods this model runs (None = all): e.g. a float32 model entry that runs
     # only vanilla, so a report can state the fastest vanilla of the run across dtypes.
