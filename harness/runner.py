@@ -732,14 +732,15 @@ class Runner:
             cache.decoders.clear()
             cache.warmed.clear()
             gc.collect()
-            needs_head = any(METHODS[c.method].needs_head for c in self.cells if c.model.name == cell.model.name)
-            cache.loaded = self._load_model(cell.model, needs_head)
+            head_kinds = {METHODS[c.method].head_kind for c in self.cells if c.model.name == cell.model.name and METHODS[c.method].needs_head}
+            cache.loaded = self._load_model(cell.model, head_kinds)
             cache.model = cell.model.name
         loaded = cache.loaded
-        if loaded.head_error is not None and METHODS[cell.method].needs_head:
-            raise loaded.head_error
+        spec = METHODS[cell.method]
+        if spec.needs_head and spec.head_kind in loaded.head_errors:
+            raise loaded.head_errors[spec.head_kind]
         if cell.cell_id not in cache.decoders:
-            cache.decoders[cell.cell_id] = METHODS[cell.method].create(loaded.target, loaded.head, cell.method_params)
+            cache.decoders[cell.cell_id] = spec.create(loaded.target, loaded.heads.get(spec.head_kind), cell.method_params)
         decoder = cache.decoders[cell.cell_id]
         if cell.cell_id not in cache.warmed and questions:
             cache.warmed.add(cell.cell_id)
