@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 _PROC = Path("/proc")
+_PF_KTHREAD = 0x00200000  # /proc/<pid>/stat flags: a kernel thread
 BUSY_PROCESS_CORES = 0.1  # a process using at least this many cores over the region is listed
 MAX_LISTED = 8
 
@@ -73,6 +74,12 @@ def _process_ticks() -> dict[int, tuple[int, str]]:
         close = raw.rfind(b")")
         fields = raw[close + 2 :].split()
         try:
+            if int(fields[6]) & _PF_KTHREAD:
+                # Kernel threads (kworker writeback, memory reclaim) mostly work for this very process, and
+                # their per-thread counters over-count short regions (seen: "1.8 cores" of a kworker while
+                # /proc/stat showed the machine idle); real contention from user processes is still seen here,
+                # and the kernel's own load in /proc/stat's system-wide count.
+                continue
             out[int(entry.name)] = (int(fields[11]) + int(fields[12]), raw[raw.find(b"(") + 1 : close].decode("utf-8", "replace"))
         except (IndexError, ValueError):
             continue
