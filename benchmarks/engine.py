@@ -164,7 +164,8 @@ def main() -> None:
             print(f"  prompt {p_index}/{len(prompts) - 1} repeat {repeat + 1}/{args.repeats} done ({time.time() - started:.0f} s)", file=sys.stderr)
 
     # Lossless check against each variant's own vanilla; half precision is audited in float32.
-    reference_model = None
+    # The audit's float32 reference: a float32 eager variant of this run if there is one, else loaded on demand.
+    reference_model = next((t for v, (_, t) in loaded_by_variant.items() if v.path == "eager" and t.dtype == torch.float32), None)
     vanilla_index = {v: next(i for i, d in enumerate(decoders) if d[0] == v and d[1] == "vanilla") for v in variants}
     counted = (len(prompts) - 1) * args.repeats
     rows = []

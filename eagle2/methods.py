@@ -237,6 +237,15 @@ def _build_hf_prompt_lookup(target, head, params) -> Decoder:
     )
 
 
+# EAGLE-2's dynamic tree, whichever head drafts it (eagle2, eagle3).
+DYNAMIC_TREE_PARAMS: Mapping[str, Param] = MappingProxyType(
+    {
+        "depth": Param(6, int, "deepest drafted token (official depth + 1)", minimum=1),
+        "top_k": Param(10, int, "nodes expanded per depth and children per node", minimum=1),
+        "total_tokens": Param(60, int, "tokens verified per step, root included (official total_token)", minimum=1),
+    }
+)
+
 METHODS: Mapping[str, MethodSpec] = MappingProxyType(
     {
         "vanilla": MethodSpec(
@@ -265,11 +274,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             name="eagle2",
             description="EAGLE-2: context-aware dynamic draft tree (expand by path confidence, rerank, verify)",
             needs_head=True,
-            params={
-                "depth": Param(6, int, "deepest drafted token (official depth + 1)", minimum=1),
-                "top_k": Param(10, int, "nodes expanded per depth and children per node", minimum=1),
-                "total_tokens": Param(60, int, "tokens verified per step, root included (official total_token)", minimum=1),
-            },
+            params=DYNAMIC_TREE_PARAMS,
             build=_build_dynamic_tree,
             head_kind="eagle",
         ),
@@ -277,11 +282,7 @@ METHODS: Mapping[str, MethodSpec] = MappingProxyType(
             name="eagle3",
             description="EAGLE-3: EAGLE-2's dynamic draft tree over an EAGLE-3 head (low/mid/high target features)",
             needs_head=True,
-            params={
-                "depth": Param(6, int, "deepest drafted token (official depth + 1)", minimum=1),
-                "top_k": Param(10, int, "nodes expanded per depth and children per node", minimum=1),
-                "total_tokens": Param(60, int, "tokens verified per step, root included (official total_token)", minimum=1),
-            },
+            params=DYNAMIC_TREE_PARAMS,
             build=_build_dynamic_tree,
             head_kind="eagle3",
         ),

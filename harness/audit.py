@@ -21,7 +21,6 @@ import torch
 
 from eagle2.audit import HALF_PRECISION, IDENTICAL, UNEXPLAINED, Divergence, classify
 from eagle2.target import TargetModel
-from harness.aggregate import AUDIT_FILE  # noqa: F401  (the file name lives with the other run files)
 
 logger = logging.getLogger(__name__)
 

@@ -62,7 +62,8 @@ import torch
 from eagle2 import SamplingConfig
 from eagle2.audit import HALF_PRECISION
 from eagle2.methods import METHODS
-from harness.audit import AUDIT_FILE, audit_greedy_mismatches
+from harness.aggregate import AUDIT_FILE
+from harness.audit import audit_greedy_mismatches
 from harness.chat import ChatTemplate, Message
 from harness.memory import measure_read_bandwidth, weight_bytes_per_token
 from harness.config import Cell, ModelConfig, Suite, effective_head, expand, shard_cells
