@@ -23,6 +23,7 @@ at C + d, and the head's entry that drafts the children of a node of depth d sit
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,8 +33,11 @@ import torch.nn.functional as F
 from eagle2.cache import PositionIndexedLayer
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
+from eagle2.static import VIEW_MULTIPLE, FixedSlotLayer, SlotCursor, StaticTargetModel, round_up
 from eagle2.target import FINAL_NORM, FeatureSpec, TargetModel
 from eagle2.tree import DraftTree, StaticTreeShape, load_static_tree
+
+logger = logging.getLogger(__name__)
 
 
 class Proposer(Protocol):
@@ -195,11 +199,136 @@ class Eagle3Drafter(HeadDrafter):
         return DraftLevel(tokens=self.token_ids[top.indices], log_probs=top.values, features=features)
 
 
+class StaticHeadDrafter(HeadDrafter):
+    """HeadDrafter at static shapes, for a StaticTargetModel: the draft loop's counterpart of the
+    static target path, so that a compiled target drafts with a compiled head.
+
+    * The head's KV cache has a fixed capacity, is allocated once and reused by every generation
+      (buffer identity keeps compiled graphs valid); a step writes its rows at slots and attends to
+      a view of the first `view` slots, rounded up to VIEW_MULTIPLE. Drafted entries past the
+      accepted context are simply overwritten by the next step (rewind moves nothing).
+    * Context catch-up (the accepted path + bonus token, 1 to depth + 1 tokens) is padded to the
+      next of CATCH_UP_ROWS; padding rows sit past the real ones, see only their own slot, and
+      their slots are overwritten by the drafts that follow. A longer catch-up (the prompt) runs at
+      its own length, uncompiled.
+    * Expansion rows are fixed per depth by the proposer (top_k for EAGLE-2), so each depth
+      reuses one graph.
+    * One call does embedding, head layers, scoring over the draft vocabulary, log-softmax and
+      top-k; with compile=True that call is torch.compile'd (inductor on a CPU, CUDA graphs on
+      CUDA), one graph per (rows, k), the view dimension dynamic.
+    """
+
+    CATCH_UP_ROWS = (1, 2, 4, 8, 16)
+    # Head entries beyond the target's context: one step's drafts (<= depth * top_k, or a static
+    # tree) plus catch-up padding.
+    DRAFT_SLACK = 4 * VIEW_MULTIPLE
+
+    def __init__(self, head: DraftHead, target: StaticTargetModel, draft_vocab: torch.Tensor | None = None, *, compile: bool = False) -> None:
+        super().__init__(head, target, draft_vocab)
+        self.cursor = SlotCursor(target.device)
+        self._allocate(target.cache_capacity + self.DRAFT_SLACK)
+        self.compiled = compile
+        if compile:
+            mode = "reduce-overhead" if target.device.type == "cuda" else None
+            self._scored_step = torch.compile(self._head_step, mode=mode)
+        else:
+            self._scored_step = self._head_step
+
+    def _allocate(self, capacity: int) -> None:
+        self.capacity = round_up(capacity, VIEW_MULTIPLE)
+        self.slot_cache = [FixedSlotLayer(self.capacity, self.cursor) for _ in self.head.layers]
+
+    def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int, capacity: int) -> None:
+        # The target's cache is sized for this generation before the proposer begins.
+        needed = max(capacity, self.target.cache_capacity + self.DRAFT_SLACK)
+        if needed > self.capacity:
+            logger.warning("static draft cache grows from %d to %d entries (a compiled head recompiles)", self.capacity, needed)
+            self._allocate(needed)
+        self.cache = self.slot_cache
+        self.context_length = 0
+        self.pending_features = prompt_features
+        self.pending_tokens = torch.cat((prompt_ids[1:], torch.tensor([root], device=prompt_ids.device)))
+        self.root = root
+
+    def _head_step(self, tokens, features, positions, mask, slots, score_rows, k: int):
+        """Head forward on `tokens` [q] / `features` [q, H] written at `slots`, then the top-k
+        children of the rows `score_rows`: (tokens [r, k], log-probs [r, k], features [q, H])."""
+        self.cursor.slots = slots
+        self.cursor.view = mask.shape[-1]
+        out = self.head(self.target.embed_tokens(tokens)[None], features[None], positions[None], mask=mask, cache=self.slot_cache)[0]
+        logits = F.linear(out[score_rows], self.lm_weight, self.lm_bias).float()
+        top = torch.topk(torch.log_softmax(logits, dim=-1), k, dim=-1)
+        children = top.indices if self.draft_vocab is None else self.draft_vocab[top.indices]
+        return children, top.values, out
+
+    def _run_step(self, tokens, features, positions, visible, first_slot: int, score_rows, k: int, *, compiled: bool) -> DraftLevel:
+        """Rows written at slots first_slot, first_slot + 1, ...; each sees the accepted context and,
+        beyond it, what `visible` [q, view - context_length] (bool) allows."""
+        rows = tokens.shape[0]
+        device, dtype = self.target.device, self.target.dtype
+        view = visible.shape[1] + self.context_length
+        mask = torch.zeros(1, 1, rows, view, dtype=dtype, device=device)
+        mask[0, 0, :, self.context_length :].masked_fill_(~visible, torch.finfo(dtype).min)
+        slots = torch.arange(first_slot, first_slot + rows, device=device)
+        if compiled:
+            torch._dynamo.mark_dynamic(mask, 3)  # one graph per (rows, k), whatever the view
+            step = self._scored_step
+        else:
+            step = self._head_step
+        children, log_probs, out = step(tokens, features.to(dtype), positions, mask, slots, score_rows, k)
+        return DraftLevel(tokens=children, log_probs=log_probs, features=out)
+
+    def _view(self, used: int) -> int:
+        if used > self.capacity:
+            raise ValueError(f"the static draft cache holds {self.capacity} entries; this step needs {used}")
+        return min(round_up(used, VIEW_MULTIPLE), self.capacity)
+
+    def catch_up(self, k: int) -> DraftLevel:
+        count = self.pending_tokens.shape[0]
+        device = self.pending_tokens.device
+        padded = next((rows for rows in self.CATCH_UP_ROWS if rows >= count), count)
+        view = self._view(self.context_length + padded)
+        tokens = torch.zeros(padded, dtype=torch.long, device=device)
+        tokens[:count] = self.pending_tokens
+        features = torch.zeros(padded, self.pending_features.shape[-1], dtype=self.target.dtype, device=device)
+        features[:count] = self.pending_features
+        positions = torch.full((padded,), self.context_length, dtype=torch.long, device=device)
+        positions[:count] += torch.arange(count, device=device)
+        # Real rows: causal among the new rows; padding rows: their own slot only.
+        visible = torch.zeros(padded, view - self.context_length, dtype=torch.bool, device=device)
+        visible[:, :padded] = torch.eye(padded, dtype=torch.bool, device=device)
+        visible[:count, :count] = torch.ones(count, count, dtype=torch.bool, device=device).tril()
+        level = self._run_step(
+            tokens, features, positions, visible, self.context_length, torch.tensor([count - 1], device=device), k,
+            compiled=self.compiled and padded in self.CATCH_UP_ROWS,
+        )
+        self.context_length += count
+        return DraftLevel(tokens=level.tokens, log_probs=level.log_probs, features=level.features[count - 1 : count])
+
+    def expand(self, tokens: torch.Tensor, features: torch.Tensor, depth: int, visible: torch.Tensor, k: int) -> DraftLevel:
+        rows = tokens.shape[0]
+        device = tokens.device
+        fed = visible.shape[1] - rows
+        view = self._view(self.context_length + fed + rows)
+        padded_visible = torch.zeros(rows, view - self.context_length, dtype=torch.bool, device=device)
+        padded_visible[:, : fed + rows] = visible
+        positions = torch.full((rows,), self.context_length + depth - 1, device=device)
+        return self._run_step(
+            tokens, features, positions, padded_visible, self.context_length + fed, torch.arange(rows, device=device), k, compiled=self.compiled
+        )
+
+    def rewind(self) -> None:
+        pass  # drafted entries lie past context_length and are overwritten by the next step
+
+
 def make_drafter(head: DraftHead | Eagle3Head, target: TargetModel, draft_vocab: torch.Tensor | None = None) -> HeadDrafter:
-    """The drafter for a head's kind (EAGLE-1/2 DraftHead or EAGLE-3 Eagle3Head)."""
+    """The drafter for a head's kind (EAGLE-1/2 DraftHead or EAGLE-3 Eagle3Head) and the target's
+    path: a StaticTargetModel gets a StaticHeadDrafter for EAGLE-1/2 heads (compiled with it)."""
     if isinstance(head, Eagle3Head):
         return Eagle3Drafter(head, target, draft_vocab)
     if isinstance(head, DraftHead):
+        if isinstance(target, StaticTargetModel):
+            return StaticHeadDrafter(head, target, draft_vocab, compile=target.compiled)
         return HeadDrafter(head, target, draft_vocab)
     raise TypeError(f"unknown draft head type {type(head).__name__}; expected DraftHead (EAGLE-1/2) or Eagle3Head (EAGLE-3)")
 

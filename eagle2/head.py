@@ -31,7 +31,9 @@ CONFIG_NAME = "config.json"
 SAFETENSORS_NAME = "model.safetensors"
 TORCH_NAME = "pytorch_model.bin"
 # Optional (not in the official layout): a reduced draft vocabulary (FR-Spec style), the token ids
-# whose lm_head rows the drafter scores; tensor "token_ids", int64 [N].
+# whose lm_head rows the drafter scores; tensor "token_ids", int64 [N], and optionally "counts",
+# int64 [N]: how often each occurred in the answers the head was trained on (or a stated corpus),
+# which lets a drafter keep only the most frequent of them (`DraftHead.ranked_draft_vocab`).
 DRAFT_VOCAB_NAME = "draft_vocab.safetensors"
 
 
@@ -105,6 +107,8 @@ class DraftHead(nn.Module):
         self.rotary = LlamaRotaryEmbedding(config)
         # Token ids the drafter may propose (None = the whole vocabulary); not a parameter.
         self.draft_vocab: torch.Tensor | None = None
+        # How often each draft_vocab token occurred in the training answers (None = not known).
+        self.draft_vocab_counts: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -112,6 +116,22 @@ class DraftHead(nn.Module):
 
     def new_cache(self, capacity: int) -> list[PositionIndexedLayer]:
         return [PositionIndexedLayer(capacity) for _ in self.layers]
+
+    def ranked_draft_vocab(self, size: int) -> torch.Tensor | None:
+        """The `size` most frequent tokens of the head's draft vocabulary (ties: lower id first), in
+        id order; None for the whole vocabulary. On a CPU the draft lm_head's rows are most of a draft
+        step's memory traffic, so fewer rows buy a faster step at the cost of rarer drafts."""
+        if self.draft_vocab is None:
+            raise ValueError("this head scores the whole vocabulary; a draft_vocab_size needs a head with a draft vocabulary")
+        if size <= 0 or size >= self.draft_vocab.shape[0]:
+            return self.draft_vocab
+        if self.draft_vocab_counts is None:
+            raise ValueError(
+                f"this head's draft vocabulary ({self.draft_vocab.shape[0]} tokens) carries no frequency counts, so it "
+                f"cannot be cut to the {size} most frequent; leave draft_vocab_size at 0"
+            )
+        order = sorted(range(self.draft_vocab.shape[0]), key=lambda i: (-int(self.draft_vocab_counts[i]), int(self.draft_vocab[i])))
+        return torch.sort(self.draft_vocab[order[:size]]).values
 
     def forward(
         self,
@@ -205,6 +225,10 @@ class DraftHead(nn.Module):
             if "token_ids" not in vocab:
                 raise KeyError(f"{folder / DRAFT_VOCAB_NAME}: no tensor 'token_ids'; found: {sorted(vocab) or 'none'}")
             head.draft_vocab = vocab["token_ids"].long()
+            counts = vocab.get("counts")
+            if counts is not None and tuple(counts.shape) != tuple(head.draft_vocab.shape):
+                raise ValueError(f"{folder / DRAFT_VOCAB_NAME}: 'counts' has shape {tuple(counts.shape)}, 'token_ids' {tuple(head.draft_vocab.shape)}")
+            head.draft_vocab_counts = None if counts is None else counts.long()
         return head
 
     def save_pretrained(self, folder: str | Path, *, embedding: torch.Tensor | None = None, extra_config: dict | None = None) -> Path:
@@ -221,7 +245,10 @@ class DraftHead(nn.Module):
             tensors[EMBEDDING_KEY] = embedding
         atomic_save_safetensors(folder / SAFETENSORS_NAME, tensors, metadata={"format": "pt"})
         if self.draft_vocab is not None:
-            atomic_save_safetensors(folder / DRAFT_VOCAB_NAME, {"token_ids": self.draft_vocab.long()})
+            vocab = {"token_ids": self.draft_vocab.long()}
+            if self.draft_vocab_counts is not None:
+                vocab["counts"] = self.draft_vocab_counts.long()
+            atomic_save_safetensors(folder / DRAFT_VOCAB_NAME, vocab)
         config = self.config.to_dict()
         config["bias"] = self.fc.bias is not None
         config.update(extra_config or {})

@@ -113,7 +113,7 @@ class StaticTreeKVCache(Cache):
         self.length = start + len(offsets)
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
@@ -128,7 +128,7 @@ class StaticTargetModel(TargetModel):
     def __init__(self, model: PreTrainedModel, *, compile: bool = False, capacity: int = 2048) -> None:
         super().__init__(model)
         self.compiled = compile
-        self.capacity = _round_up(min(capacity, self.max_context) + 64, VIEW_MULTIPLE)
+        self.capacity = round_up(min(capacity, self.max_context) + 64, VIEW_MULTIPLE)
         self.compile_seconds = 0.0  # spent in warm_up() (compilation and first runs)
         self._cache: StaticTreeKVCache | None = None
         if compile:
@@ -139,13 +139,18 @@ class StaticTargetModel(TargetModel):
 
     def new_cache(self, capacity: int) -> StaticTreeKVCache:
         # A padded tree may write up to its full size past the accepted prefix: 64 slots of slack.
-        needed = _round_up(capacity + 64, VIEW_MULTIPLE)
+        needed = round_up(capacity + 64, VIEW_MULTIPLE)
         if self._cache is None or needed > self._cache.capacity:
             if self._cache is not None:
                 logger.warning("static KV cache grows from %d to %d entries (a compiled target recompiles)", self._cache.capacity, needed)
             self._cache = StaticTreeKVCache(self.num_layers, max(needed, self.capacity), self.device)
         self._cache.length = 0
         return self._cache
+
+    @property
+    def cache_capacity(self) -> int:
+        """Entries the shared cache holds now (it may have grown past `capacity` for a long generation)."""
+        return self._cache.capacity if self._cache is not None else self.capacity
 
     def _decoder_step(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, slots: torch.Tensor, cache: StaticTreeKVCache) -> torch.Tensor:
         cache.cursor.slots = slots
@@ -190,7 +195,7 @@ class StaticTargetModel(TargetModel):
         padded = 1 if query_length == 1 else (pad_to if static else query_length)
         if prefix + padded > cache.capacity:
             raise ValueError(f"the static KV cache holds {cache.capacity} entries; this step needs {prefix + padded}")
-        view = min(_round_up(prefix + padded, VIEW_MULTIPLE), cache.capacity)
+        view = min(round_up(prefix + padded, VIEW_MULTIPLE), cache.capacity)
         device = input_ids.device
         positions = torch.full((padded,), prefix, dtype=torch.long, device=device)
         positions[:query_length] = (tree.depths if tree is not None else torch.arange(query_length, device=device)) + prefix

@@ -293,6 +293,44 @@ def plot_learning_curve(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def cmd_rank_vocab(args: argparse.Namespace) -> None:
+    """Count how often each of a head's draft-vocabulary tokens occurs in the reference answers of
+    the shared training sets, and store the counts beside the vocabulary (draft_vocab.safetensors),
+    for a head trained before counts were saved with it."""
+    from safetensors.torch import load_file
+
+    from eagle2.head import DRAFT_VOCAB_NAME, DraftHead
+    from eagle2.train.io import atomic_save_safetensors
+    from eagle2.train.prompts import SHARED_SETS, read_shared_set
+    from harness.models import load_model
+
+    head_folder = Path(args.head)
+    vocab_file = head_folder / DRAFT_VOCAB_NAME
+    if not vocab_file.is_file():
+        raise SystemExit(f"{head_folder}: no {DRAFT_VOCAB_NAME}; only a head with a reduced draft vocabulary can be ranked")
+    token_ids = load_file(str(vocab_file))["token_ids"].long()
+    tokenizer = load_model(args.model, dtype="float32", device="cpu").tokenizer
+    totals = torch.zeros(max(len(tokenizer), int(token_ids.max()) + 1), dtype=torch.long)
+    answers = 0
+    for name in args.sets:
+        if name not in SHARED_SETS:
+            raise SystemExit(f"unknown shared training set {name!r}; available: {', '.join(SHARED_SETS)}")
+        for _, response in read_shared_set(Path(args.data_dir), name):
+            if response:
+                totals += torch.bincount(torch.tensor(tokenizer.encode(response, add_special_tokens=False), dtype=torch.long), minlength=totals.shape[0])
+                answers += 1
+    counts = totals[token_ids]
+    atomic_save_safetensors(vocab_file, {"token_ids": token_ids, "counts": counts})
+    covered = float(counts.sum()) / max(int(totals.sum()), 1)
+    print(f"{vocab_file}: counts of {token_ids.shape[0]} tokens over {answers} answers of {', '.join(args.sets)} "
+          f"({int(totals.sum())} tokens, {covered:.1%} inside the draft vocabulary; {int((counts == 0).sum())} draft tokens never seen)")
+    ranked = DraftHead.from_pretrained(head_folder)
+    for size in (2048, 4096, 8192):
+        if size < token_ids.shape[0]:
+            kept = ranked.ranked_draft_vocab(size)
+            print(f"  the {size} most frequent cover {float(totals[kept].sum()) / max(int(totals.sum()), 1):.1%} of those answer tokens")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, dtype_flag: str = "--dtype") -> None:
     parser.add_argument("--model", default="embedded", help="target: embedded (SmolLM2-135M-Instruct), a folder, a hub id or a .gguf path")
     parser.add_argument(dtype_flag, dest="dtype", default="auto", help="target dtype, as the engine runs it (auto = float32 for GGUF)")
@@ -380,6 +418,14 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--full-vocab", action="store_true", help="draft over the whole vocabulary, ignoring the head's reduced draft vocabulary")
     add_model_arguments(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = stages.add_parser("rank-vocab", help="store frequency counts with a head's draft vocabulary (from the shared training sets' answers)")
+    p.add_argument("--head", required=True, help="head folder with draft_vocab.safetensors (rewritten in place)")
+    p.add_argument("--sets", nargs="+", default=["gsm8k_train", "mbpp", "self_instruct_seed", "gpteacher_roleplay", "gpteacher_codegen"],
+                   help="shared training sets whose reference answers are counted (never evaluation sets)")
+    p.add_argument("--data-dir", default=str(default_data_dir()))
+    p.add_argument("--model", default="embedded", help="the target whose tokenizer counts")
+    p.set_defaults(func=cmd_rank_vocab)
 
     p = stages.add_parser("curve", help="learning curve: tau of a series of heads (per epoch, per data size) on the same questions, JSON + PNG")
     p.add_argument("--heads", nargs="+", required=True, help="head folders with training.json (e.g. WORK/train/epochs/epoch-*, or heads trained with --max-shards N)")

@@ -148,6 +148,34 @@ def test_save_round_trip_in_the_official_layout(tmp_path, target):
     assert DraftHead.from_pretrained(with_embedding, embedding_shape=tuple(target.embed_tokens.weight.shape))
 
 
+def test_draft_vocabulary_counts_round_trip_and_rank_the_most_frequent(tmp_path, target):
+    head = DraftHead.random(target.config, seed=3)
+    head.draft_vocab = torch.tensor([1, 5, 9, 40, 41])
+    head.draft_vocab_counts = torch.tensor([7, 30, 7, 2, 100])
+    again = DraftHead.from_pretrained(head.save_pretrained(tmp_path / "saved"))
+    assert again.draft_vocab_counts.tolist() == [7, 30, 7, 2, 100]
+    assert again.ranked_draft_vocab(1).tolist() == [41]
+    assert again.ranked_draft_vocab(3).tolist() == [1, 5, 41]  # tie 7/7: the lower id
+    assert again.ranked_draft_vocab(0).tolist() == again.ranked_draft_vocab(5).tolist() == [1, 5, 9, 40, 41]
+    again.draft_vocab_counts = None
+    with pytest.raises(ValueError, match="no frequency counts"):
+        again.ranked_draft_vocab(2)
+    assert again.ranked_draft_vocab(0).tolist() == [1, 5, 9, 40, 41]
+    with pytest.raises(ValueError, match="whole vocabulary"):
+        DraftHead.random(target.config).ranked_draft_vocab(2)
+
+
+def test_draft_vocabulary_counts_of_another_length_are_refused(tmp_path, target):
+    from safetensors.torch import save_file
+
+    head = DraftHead.random(target.config, seed=3)
+    head.draft_vocab = torch.tensor([1, 5, 9])
+    folder = head.save_pretrained(tmp_path / "saved")
+    save_file({"token_ids": torch.tensor([1, 5, 9]), "counts": torch.tensor([1, 2])}, str(folder / "draft_vocab.safetensors"))
+    with pytest.raises(ValueError, match="'counts' has shape"):
+        DraftHead.from_pretrained(folder)
+
+
 def test_two_layer_heads_have_an_input_layernorm_from_the_second_layer(target):
     head = DraftHead.random(target.config, num_layers=2)
     assert not hasattr(head.layers[0], "input_layernorm")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from eagle2 import DynamicTreeProposer, StaticTreeProposer, generate
+from eagle2.draft import HeadDrafter, StaticHeadDrafter
 from eagle2.record import SamplingConfig
 from eagle2.static import StaticTargetModel, StaticTreeKVCache
 from eagle2.tree import DraftTree
@@ -92,6 +93,43 @@ def test_static_path_greedy_equals_eager_vanilla(request, fixture, make):
         record = generate(static, prompt, max_new_tokens=40, proposer=make(head, static))
         assert record.output_ids == expected, f"seed {seed}"
         assert sum(record.accept_lengths) == record.new_tokens
+
+
+@pytest.mark.parametrize("make", [
+    lambda head, t: DynamicTreeProposer(head, t, depth=5, top_k=4, total_tokens=16),
+    lambda head, t: DynamicTreeProposer(head, t, depth=6, top_k=10, total_tokens=60),
+    lambda head, t: StaticTreeProposer(head, t),
+], ids=["eagle2-16", "eagle2-60", "eagle1"])
+def test_static_drafter_proposes_the_eager_trees(eager_target, make):
+    """Slot cache, padded catch-up and views give the eager drafter's trees, step after step, for
+    catch-ups of every padded size and one longer than the largest (run at its own length)."""
+    static = StaticTargetModel(eager_target.model, compile=False, capacity=256)
+    head = tiny_head(eager_target)
+    eager_proposer, static_proposer = make(head, eager_target), make(head, static)
+    assert type(eager_proposer.drafter) is HeadDrafter and isinstance(static_proposer.drafter, StaticHeadDrafter)
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.tensor(random_prompt(97, 11, 5))
+    prompt_features = torch.randn(11, 32, dtype=torch.float64, generator=generator)
+    for proposer in (eager_proposer, static_proposer):
+        proposer.begin(prompt, prompt_features, 3)
+    for accepted in (1, 3, 2, 6, 1, 20, 4):
+        expected, got = eager_proposer.propose(max_depth=10), static_proposer.propose(max_depth=10)
+        assert got.tokens.tolist() == expected.tokens.tolist() and got.parents.tolist() == expected.parents.tolist()
+        torch.testing.assert_close(got.draft_probs, expected.draft_probs, rtol=1e-9, atol=1e-12)
+        path_features = torch.randn(accepted, 32, dtype=torch.float64, generator=generator)
+        next_tokens = torch.randint(0, 97, (accepted,), generator=generator)
+        for proposer in (eager_proposer, static_proposer):
+            proposer.advance(path_features, next_tokens)
+
+
+def test_static_drafter_grows_with_the_target_cache(eager_target):
+    static = StaticTargetModel(eager_target.model, compile=False, capacity=256)
+    proposer = DynamicTreeProposer(tiny_head(eager_target), static, depth=3, top_k=2, total_tokens=6)
+    before = proposer.drafter.capacity
+    static.new_cache(before + 500)  # a generation longer than the drafter was sized for
+    prompt = torch.tensor(random_prompt(97, 7, 1))
+    proposer.begin(prompt, torch.zeros(7, 32, dtype=torch.float64), 4)
+    assert proposer.drafter.capacity >= static.cache_capacity + StaticHeadDrafter.DRAFT_SLACK > before
 
 
 def test_static_path_sampling_matches_eager_draws(eager_target, static_target):

@@ -325,6 +325,9 @@ def test_the_trained_head_loads_and_is_lossless_in_the_engine(tmp_path: Path, da
     out = run_pipeline(tmp_path / "work", data_dir, target)
     head = DraftHead.from_pretrained(out, embedding_shape=tuple(target.embed_tokens.weight.shape))
     assert head.draft_vocab is not None and head.draft_vocab.shape == (40,) and STOP in head.draft_vocab.tolist()
+    # The answer-token counts travel with the vocabulary, so a drafter can keep only the most frequent.
+    assert head.draft_vocab_counts is not None and head.draft_vocab_counts.shape == (40,) and int(head.draft_vocab_counts.min()) >= 1
+    assert head.ranked_draft_vocab(10).shape == (10,)
     config = json.loads((out / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["hidden_size"] == 32
     # Saved in float16 (half the size), loaded back as float32 with exactly the stored values.

@@ -323,6 +323,7 @@ def train(
         head.load_state_dict(start.float().state_dict())
         logger.info("initialised from %s", config.init_from)
     head.draft_vocab = draft_vocab
+    head.draft_vocab_counts = None if draft_vocab is None else counts[draft_vocab]  # lets a drafter keep the most frequent
     losses = LossComputer(target, draft_vocab, config, device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     steps_per_epoch = len(batches(train_records, config.tokens_per_batch, seed=0, max_pairs=config.max_pairs))
