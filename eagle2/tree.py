@@ -82,6 +82,16 @@ class DraftTree:
                 result[parent].append(node)
         return result
 
+    @cached_property
+    def likely_chain(self) -> list[int]:
+        """Root, then at each depth the most probable child (by draft probability) of the node before:
+        the path a verifier most likely walks."""
+        probs = self.draft_probs.tolist()
+        chain = [0]
+        while self.children[chain[-1]]:
+            chain.append(max(self.children[chain[-1]], key=lambda child: probs[child]))
+        return chain
+
     def path_to(self, node: int) -> list[int]:
         """Node indices from the root to `node`, both included."""
         parents = self.parents.tolist()

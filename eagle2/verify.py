@@ -31,15 +31,24 @@ class LazyLogits:
     small ones, so the decode loop uses this on the CPU only.
     """
 
-    def __init__(self, hidden: torch.Tensor, lm_head: torch.nn.Module) -> None:
+    def __init__(self, hidden: torch.Tensor, lm_head: torch.nn.Module, likely: list[int] | None = None) -> None:
         self.hidden = hidden  # [n, H]
         self.lm_head = lm_head
         self.rows: dict[int, torch.Tensor] = {}
+        # Nodes the verifier will probably visit (the tree's likely chain): their rows are computed in
+        # one matmul at the first visit to any of them. On a CPU the lm_head is memory-bound, so a
+        # few rows together cost about one weight pass, where row by row costs one pass each.
+        self.likely = list(likely or ())
 
     def __getitem__(self, node: int) -> torch.Tensor:
         if node not in self.rows:
-            row = self.lm_head(self.hidden[node])
-            self.rows[node] = row if row.dtype in (torch.float32, torch.float64) else row.float()
+            nodes = self.likely if node in self.likely else [node]
+            block = self.lm_head(self.hidden[nodes])
+            if block.dtype not in (torch.float32, torch.float64):
+                block = block.float()
+            for index, row_node in enumerate(nodes):
+                self.rows[row_node] = block[index]
+            self.likely = []
         return self.rows[node]
 
 

@@ -76,3 +76,41 @@ def test_static_tree_from_paths_validates():
         load_static_tree("no_such_tree")
     assert "mc_sim_7b_63" in builtin_tree_names()
     assert load_static_tree([[0], [0, 0], [1]]).size == 4
+
+
+def test_likely_chain_follows_the_most_probable_child():
+    #        0
+    #      1   2        (probs .3, .6)
+    #     3 4   5       (.9, .1 | .5)
+    #            6      (.7)
+    tree = DraftTree.from_parents(
+        torch.arange(7), torch.tensor([-1, 0, 0, 1, 1, 2, 5]), torch.tensor([1.0, 0.3, 0.6, 0.9, 0.1, 0.5, 0.7])
+    )
+    assert tree.likely_chain == [0, 2, 5, 6]
+    assert DraftTree.from_parents(torch.tensor([4]), torch.tensor([-1])).likely_chain == [0]
+
+
+class CountingHead(torch.nn.Linear):
+    def __init__(self) -> None:
+        super().__init__(8, 11, bias=False, dtype=torch.float64)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return super().forward(x)
+
+
+def test_lazy_logits_compute_the_likely_chain_in_one_matmul_and_equal_row_by_row():
+    from eagle2.verify import LazyLogits
+
+    torch.manual_seed(0)
+    head = CountingHead()
+    hidden = torch.randn(7, 8, dtype=torch.float64)
+    lazy = LazyLogits(hidden, head, likely=[0, 2, 5, 6])
+    for node in (0, 2, 5):
+        torch.testing.assert_close(lazy[node], head(hidden[node]))
+    assert head.calls == 1 + 3  # one matmul for the chain, plus the three reference rows above
+    torch.testing.assert_close(lazy[3], hidden[3] @ head.weight.T)  # off the chain: its own row
+    assert head.calls == 5
+    lazy[6], lazy[0]
+    assert head.calls == 5
