@@ -276,6 +276,10 @@ class StaticHeadDrafter(HeadDrafter):
         else:
             step = self._head_step
         children, log_probs, out = step(tokens, features.to(dtype), positions, mask, slots, score_rows, k)
+        if compiled and device.type == "cuda":
+            # CUDA-graph outputs live in static buffers that the next replay of the same graph (the
+            # next depth) overwrites; the proposer keeps every depth's drafts until the rerank.
+            children, log_probs, out = children.clone(), log_probs.clone(), out.clone()
         return DraftLevel(tokens=children, log_probs=log_probs, features=out)
 
     def _view(self, used: int) -> int:
