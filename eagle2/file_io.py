@@ -9,8 +9,9 @@ The damaged-line rule (every reader and writer here agrees on it):
   ``<name>.damaged`` beside it (nothing is thrown away) and the file is rewritten atomically
   without them, so the records they held count as missing and are generated again, once.
 
-Files that are inputs rather than logs (a question file someone gave us) use `parse_jsonl` and
-refuse a damaged line themselves, naming it with the same reason text.
+Files that are inputs rather than outputs (a question file someone gave us) are parsed the same way
+but a damaged line is refused, named by file and line (`read_jsonl_input`): skipping it would
+silently change what is measured.
 
 Atomic writes go to a staging file beside the target, are fsync'ed and renamed over it, so a writer
 killed half-way leaves the old file or the new one, never a torn one.
@@ -50,10 +51,12 @@ class JsonlContents:
 
 
 def parse_jsonl(path: Path, *, warn: bool = True) -> JsonlContents:
-    """Every JSON object of a JSONL file, and the damaged lines (each logged as a warning when `warn`)."""
+    """Every JSON object of a JSONL file, and the damaged lines (each logged as a warning when `warn`).
+
+    A missing file is a FileNotFoundError (an append-only log that may not exist yet: `JsonlLog.read`)."""
     path = Path(path)
     if not path.is_file():
-        return JsonlContents([], [])
+        raise FileNotFoundError(f"{path} does not exist or is not a file")
     rows: list[dict[str, Any]] = []
     damaged: list[DamagedLine] = []
     lines = path.read_bytes().split(b"\n")
@@ -88,6 +91,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return parse_jsonl(path).rows
 
 
+def read_jsonl_input(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file someone gave us (a question file): a damaged line is a
+    ValueError naming the file and line, since skipping it would silently change the input."""
+    contents = parse_jsonl(path, warn=False)
+    if contents.damaged:
+        first = contents.damaged[0]
+        raise ValueError(f"{path}:{first.number}: {first.reason}; every line must be one JSON object, in UTF-8")
+    return contents.rows
+
+
 class JsonlLog:
     """An append-only JSON-lines file: every line is flushed and fsync'ed when written."""
 
@@ -100,6 +113,8 @@ class JsonlLog:
 
     def read(self, *, repair: bool = True) -> list[dict[str, Any]]:
         """The file's objects; with ``repair``, damaged lines move to ``<name>.damaged`` (see the module doc)."""
+        if not self.path.is_file():  # not written yet (or a device: nothing to read back)
+            return []
         contents = parse_jsonl(self.path)
         if repair and (contents.damaged or contents.torn_tail):
             if contents.damaged:
@@ -156,25 +171,28 @@ class _writing:
 
 @contextlib.contextmanager
 def replacing(path: Path) -> Iterator[Path]:
-    """A staging path beside `path` to write; renamed over `path` when the block ends without an error.
+    """A staging path beside `path` for the block to write; renamed over `path` when the block ends
+    without an error, removed when it raises.
 
-    The writer inside the block must flush and fsync what it writes (or the library it calls must)."""
+    The block must flush and fsync what it writes (or the library it calls must); errors it raises
+    pass through as they are, only this function's own file operations name `path` when they fail."""
     path = Path(path)
     with _writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(handle)
-        try:
-            yield Path(staging)
+    try:
+        yield Path(staging)
+        with _writing(path):
             os.chmod(staging, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
             os.replace(staging, path)
-        except BaseException:
-            Path(staging).unlink(missing_ok=True)
-            raise
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    with replacing(path) as staging:
+    with replacing(path) as staging, _writing(Path(path)):
         with open(staging, "wb") as handle:
             handle.write(data)
             handle.flush()
