@@ -3,6 +3,7 @@ results_fixture's docstring."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
@@ -254,3 +255,19 @@ def test_audited_near_tie_is_explained_and_unexplained_stays_a_failure(tmp_path)
         e2 = row(summarize(load_runs(dirs), n_boot=50), "mtbench", "eagle2")
         assert (e2["lossless_compared"], e2["lossless_near_ties"], e2["lossless_mismatches"]) == (4, near_ties, mismatches)
         assert ("LOSSLESS CHECK FAILED" in e2["note"]) == bool(mismatches)
+
+
+def test_the_committed_mtbench_run_aggregates_to_its_recorded_summary():
+    """results/mtbench (committed) against the summary.csv its report had when it was recorded
+    (tests/expected/): a change to reading or aggregating records shows up here."""
+    from conftest import REPO_ROOT
+
+    summary = summarize(load_runs(REPO_ROOT / "results" / "mtbench"))
+    got = pd.read_csv(io.StringIO(summary.to_csv(index=False)))
+    expected = pd.read_csv(REPO_ROOT / "tests" / "expected" / "results_mtbench_summary.csv")
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12)
+    greedy = got[(got["method"] != "vanilla") & (got["temperature"] == 0)].set_index(["method", "params"])
+    assert len(got) == 10 and len(greedy) == 3
+    assert (greedy["lossless_compared"] == 12).all() and (greedy["lossless_mismatches"] == 0).all()
+    assert greedy.loc[("eagle2", "depth=5, top_k=4, total_tokens=16"), "speedup"] == pytest.approx(1.3093, abs=1e-4)
+    assert greedy.loc[("eagle2", "depth=5, top_k=4, total_tokens=16"), "tau"] == pytest.approx(2.4227, abs=1e-4)

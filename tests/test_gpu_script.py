@@ -10,13 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DATA_DIR, REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("EAGLE2_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA_DIR / "train" / "self_instruct_seed" / "seed_tasks.jsonl").is_file(), reason=f"no training data in {DATA_DIR}")
 def test_the_gpu_pipeline_script_runs_end_to_end_on_a_tiny_model_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {
