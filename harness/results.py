@@ -52,6 +52,10 @@ __all__ = [
     "write_json_atomic", "write_jsonl_atomic", "write_text_atomic",
 ]
 
+# Fields copied as they are from the engine's GenerationRecord (the lists become tuples).
+_ENGINE_FIELDS = (
+    "new_tokens", "prefill_time_s", "draft_time_s", "verify_time_s", "other_time_s", "target_forwards", "draft_tokens_per_step", "stop_reason",
+)
 _LIST_FIELDS = ("accept_lengths", "depth_reached", "depth_accepted", "confidence_checked", "confidence_accepted", "output_ids")
 
 
@@ -109,6 +113,8 @@ class ResultRow:
     def from_record(cls, cell: Cell, record: GenerationRecord, **context: Any) -> ResultRow:
         """The row of one generation: what the cell and the engine's record say, plus `context`
         (the other fields: run_id, question_id, turn, output_text, the sha256s, ...)."""
+        from_engine = {name: getattr(record, name) for name in _ENGINE_FIELDS}
+        from_engine.update({name: tuple(getattr(record, name)) for name in _LIST_FIELDS})
         return cls(
             cell_id=cell.cell_id,
             model=cell.model.name,
@@ -120,21 +126,8 @@ class ResultRow:
             top_k=cell.top_k,
             seed=cell.seed,
             max_new_tokens=cell.task.max_new_tokens,
-            new_tokens=record.new_tokens,
             wall_time_s=record.total_time_s,
-            prefill_time_s=record.prefill_time_s,
-            draft_time_s=record.draft_time_s,
-            verify_time_s=record.verify_time_s,
-            other_time_s=record.other_time_s,
-            target_forwards=record.target_forwards,
-            accept_lengths=tuple(record.accept_lengths),
-            depth_reached=tuple(record.depth_reached),
-            depth_accepted=tuple(record.depth_accepted),
-            confidence_checked=tuple(record.confidence_checked),
-            confidence_accepted=tuple(record.confidence_accepted),
-            draft_tokens_per_step=record.draft_tokens_per_step,
-            stop_reason=record.stop_reason,
-            output_ids=tuple(record.output_ids),
+            **from_engine,
             **context,
         )
 

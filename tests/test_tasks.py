@@ -118,22 +118,17 @@ def test_gsm8k_answers():
     assert gsm8k_prediction("no numbers here") is None
 
 
-@pytest.mark.shared_data
-def test_gsm8k_load_and_score():
-    questions, _ = TASKS["gsm8k"].load(options("gsm8k"), offline(SHARED_DATA_DIR, Path("/x")))
-    assert len(questions) == 1319 and questions[0].question_id == "0" and questions[0].payload["answer"] == "18"
+@pytest.mark.parametrize(
+    "data_dir, count, first_answer",
+    [pytest.param(SHARED_DATA_DIR, 1319, "18", marks=pytest.mark.shared_data, id="real"), pytest.param(DATA_DIR, 6, "7", id="stand-in")],
+)
+def test_gsm8k_load_and_score(data_dir, count, first_answer):
+    questions, _ = TASKS["gsm8k"].load(options("gsm8k"), offline(data_dir, Path("/x")))
+    assert len(questions) == count and questions[0].question_id == "0" and questions[0].payload["answer"] == first_answer
     score = TASKS["gsm8k"].score
-    assert score(questions[0], ["... so she makes $18."], options("gsm8k"), ScoreContext()) is True
-    assert score(questions[0], ["I think 17"], options("gsm8k"), ScoreContext()) is False
-    assert score(questions[0], ["18"], options("gsm8k", score=False), ScoreContext()) is None
-
-
-def test_gsm8k_loader_on_the_stand_in_file():
-    questions, _ = TASKS["gsm8k"].load(options("gsm8k"), offline(DATA_DIR, Path("/x")))
-    assert len(questions) == 6 and questions[0].question_id == "0" and questions[0].payload["answer"] == "7"
-    score = TASKS["gsm8k"].score
-    assert score(questions[0], ["... so 7 rolls are left."], options("gsm8k"), ScoreContext()) is True
-    assert score(questions[0], ["I think 8"], options("gsm8k"), ScoreContext()) is False
+    assert score(questions[0], [f"... so the answer is ${first_answer}."], options("gsm8k"), ScoreContext()) is True
+    assert score(questions[0], [f"I think {int(first_answer) - 1}"], options("gsm8k"), ScoreContext()) is False
+    assert score(questions[0], [first_answer], options("gsm8k", score=False), ScoreContext()) is None
 
 
 def test_humaneval_load():
