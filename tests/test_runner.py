@@ -20,6 +20,8 @@ from harness.runner import ResumeMismatchError, Runner, RunExistsError, RunOptio
 from harness.tasks import DataSource
 
 
+# Written out on purpose, not taken from harness.results.ResultRow: a change to the file format must
+# show up here (and bump RESULTS_SCHEMA where old readers would misread it).
 RESULT_KEYS = {
     "schema", "run_id", "cell_id", "model", "model_source", "head", "task", "method", "method_params", "temperature",
     "top_p", "top_k", "seed", "repeat", "question_id", "category", "turn", "max_new_tokens", "prompt_tokens", "new_tokens", "wall_time_s",
