@@ -23,7 +23,7 @@ import transformers
 
 from eagle2.train.distill import cpu_bf16_flags, generation_copy, teacher_forced_features
 from eagle2.train.generation import batched_generate
-from eagle2.file_io import read_jsonl_input
+from eagle2.file_io import read_jsonl_input, write_json_atomic
 from eagle2.train.prompts import TemplateChat, Turn
 from harness.models import chat_template_for, load_model
 from harness.train import default_data_dir
@@ -89,7 +89,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(Path(args.out), report)
 
 
 def sync(device: str) -> None:

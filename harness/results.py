@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from eagle2.record import GenerationRecord
     from harness.config import Cell
 
-RESULTS_SCHEMA = 1  # the version of ResultRow (and of the manifest); a reader refuses any other
+RESULTS_SCHEMA = 1  # the version of ResultRow, also stamped on the manifest; harness.aggregate refuses records of any other
 RESULTS_FILE = "results.jsonl"
 FAILURES_FILE = "failures.jsonl"
 AUDIT_FILE = "audit.jsonl"
@@ -133,7 +133,8 @@ class ResultRow:
 
     @classmethod
     def parse(cls, stored: Mapping[str, Any], where: str) -> ResultRow:
-        """A stored line, checked (schema, required fields) and normalised; `where` names it in errors."""
+        """A stored line, checked (schema, required fields) and normalised; `where` names it in errors.
+        Keys this schema does not name are not read."""
         schema = stored.get("schema", RESULTS_SCHEMA)
         if schema != RESULTS_SCHEMA:
             raise ValueError(f"{where}: results schema {schema!r} is not supported (this harness reads schema {RESULTS_SCHEMA})")
