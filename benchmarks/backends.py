@@ -31,7 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from harness.backends import BackendOptions, make_backend, validate  # noqa: E402
 from harness.config import suite_from_dict  # noqa: E402
-from harness.runner import RunOptions, git_state, hardware_info, package_versions, run_suite  # noqa: E402
+from harness.environment import git_state, hardware_info, package_versions  # noqa: E402
+from harness.results import MANIFEST_FILE, RESULTS_FILE, read_jsonl, write_json_atomic  # noqa: E402
+from harness.runner import RunOptions, run_suite  # noqa: E402
 from harness.tasks import DataSource  # noqa: E402
 
 
@@ -51,7 +53,7 @@ def sweep(model: str, device: str, limit: int, max_new_tokens: int) -> dict:
 
 
 def records(folder: Path) -> dict[tuple, list[int]]:
-    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    rows = read_jsonl(folder / RESULTS_FILE)
     keyed = {(r["cell_id"], r["question_id"], r["repeat"], r["turn"]): r for r in rows}
     assert len(keyed) == len(rows), f"{folder}: duplicate records"
     return keyed
@@ -91,7 +93,7 @@ def main() -> int:
         got = records(out)
         reference = reference if reference is not None else got
         same = sum(1 for key, row in reference.items() if key in got and got[key]["output_ids"] == row["output_ids"])
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = json.loads((out / MANIFEST_FILE).read_text())
         tokens = sum(r["new_tokens"] for r in got.values())
         rows.append({
             "backend": name, "workers": len(manifest.get("workers", {})) or 1, "records": len(got), "status": summary.status,
@@ -105,7 +107,7 @@ def main() -> int:
     if args.out:
         sha, dirty = git_state(REPO)
         result = {"rows": rows, "args": vars(args), "versions": package_versions(), "hardware": hardware_info(), "git_sha": sha, "git_dirty": dirty}
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(Path(args.out), result)
     ok = all(row["identical"] == f"{len(reference)}/{len(reference)}" and row["failures"] == 0 for row in rows)
     return 0 if ok else 1
 

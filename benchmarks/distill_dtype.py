@@ -23,7 +23,7 @@ import transformers
 
 from eagle2.train.distill import cpu_bf16_flags, generation_copy, teacher_forced_features
 from eagle2.train.generation import batched_generate
-from eagle2.train.io import read_jsonl
+from eagle2.file_io import read_jsonl_input, write_json_atomic
 from eagle2.train.prompts import TemplateChat, Turn
 from harness.models import chat_template_for, load_model
 from harness.train import default_data_dir
@@ -49,7 +49,7 @@ def main() -> None:
     chat = TemplateChat(chat_template_for(loaded, "tokenizer"), loaded.tokenizer)
     # Short prompts (self-instruct seed tasks), so that the measurement is dominated by decoding as
     # a distillation with 256-token answers is.
-    rows = read_jsonl(Path(args.data_dir) / "train" / "self_instruct_seed" / "seed_tasks.jsonl")[: args.batch_size]
+    rows = read_jsonl_input(Path(args.data_dir) / "train" / "self_instruct_seed" / "seed_tasks.jsonl")[: args.batch_size]
     prompts = [chat.prompt_ids([Turn("user", row["instruction"])]) for row in rows]
     if args.prompt_tokens:
         prompts = [ids[-args.prompt_tokens :] for ids in prompts]
@@ -89,7 +89,7 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(Path(args.out), report)
 
 
 def sync(device: str) -> None:

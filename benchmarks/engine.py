@@ -45,7 +45,7 @@ from eagle2.static import StaticTargetModel  # noqa: E402
 from harness.chat import Message  # noqa: E402
 from harness.memory import measure_read_bandwidth, memory_floor_ms, weight_bytes_per_token  # noqa: E402
 from harness.models import EMBEDDED_HEAD, builtin_head_available, chat_template_for, load_head, load_model  # noqa: E402
-from harness.runner import git_state, hardware_info, package_versions  # noqa: E402
+from harness.environment import git_state, hardware_info, package_versions  # noqa: E402
 from harness.tasks import DataSource, get_task, select_questions  # noqa: E402
 
 DEFAULT_METHODS = [

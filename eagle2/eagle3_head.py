@@ -219,7 +219,8 @@ class Eagle3Head(nn.Module):
 
     def save_pretrained(self, folder: str | Path, *, extra_config: dict | None = None) -> Path:
         """Write config.json + model.safetensors in the official EAGLE-3 layout (config.json last)."""
-        from eagle2.train.io import atomic_save_safetensors, atomic_write_text
+        from eagle2.file_io import write_text_atomic
+        from eagle2.train.io import atomic_save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -230,7 +231,7 @@ class Eagle3Head(nn.Module):
         if self.target_hidden_size != self.config.hidden_size:
             config["target_hidden_size"] = self.target_hidden_size
         config.update(extra_config or {})
-        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return folder
 
 

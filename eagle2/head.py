@@ -236,7 +236,8 @@ class DraftHead(nn.Module):
 
         Each file is written atomically and config.json last, so a save killed half-way never
         leaves a folder that looks like a complete head (loaders look for config.json)."""
-        from eagle2.train.io import atomic_save_safetensors, atomic_write_text
+        from eagle2.file_io import write_text_atomic
+        from eagle2.train.io import atomic_save_safetensors
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -252,7 +253,7 @@ class DraftHead(nn.Module):
         config = self.config.to_dict()
         config["bias"] = self.fc.bias is not None
         config.update(extra_config or {})
-        atomic_write_text(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(folder / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return folder
 
 

@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness.config import apply_overrides, load_suite
     from harness.lock import RunLockedError
-    from harness.results import OutputFolderError
+    from harness.results import FAILURES_FILE, OutputFolderError
     from harness.runner import RunExistsError, RunOptions, default_output_dir, latest_run_dir, run_suite
     from harness.tasks import DataSource
 
@@ -141,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{summary.failures} failures, {summary.cells} cells -> {summary.out_dir}"
     )
     if summary.failures:
-        print(f"failures are listed in {summary.out_dir / 'failures.jsonl'}", file=sys.stderr)
+        print(f"failures are listed in {summary.out_dir / FAILURES_FILE}", file=sys.stderr)
     return EXIT_FAILED if summary.failures else EXIT_OK
 
 

@@ -52,15 +52,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from harness.results import read_jsonl
+from harness.results import AUDIT_FILE, FAILURES_FILE, FIELD_NAMES, MANIFEST_FILE, RESULTS_FILE, ResultRow, read_jsonl
 
 logger = logging.getLogger(__name__)
-
-RESULTS_FILE = "results.jsonl"
-FAILURES_FILE = "failures.jsonl"
-MANIFEST_FILE = "manifest.json"
-AUDIT_FILE = "audit.jsonl"  # harness.audit: verdicts on half-precision greedy mismatches
-SCHEMA_VERSION = 1
 
 VANILLA = "vanilla"
 GROUP_KEYS: tuple[str, ...] = ("model", "task", "method", "params", "temperature")
@@ -81,40 +75,6 @@ MAX_REPEAT_SPREAD = 1.5  # tokens/s of repeats of one sample differing by more t
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
 CONFIDENCE_LEVEL = 0.95
-
-REQUIRED_FIELDS: tuple[str, ...] = (
-    "cell_id", "model", "task", "method", "temperature", "question_id", "turn",
-    "new_tokens", "wall_time_s", "target_forwards", "output_ids",
-)
-# Optional fields and the value that stands for "not recorded".
-OPTIONAL_DEFAULTS: dict[str, Any] = {
-    "run_id": "",
-    "model_source": "",
-    "method_params": None,  # -> {}
-    "top_p": 1.0,
-    "top_k": 0,
-    "seed": 0,
-    "repeat": 0,
-    "category": "",
-    "prompt_tokens": 0,
-    "prefill_time_s": 0.0,
-    "draft_time_s": 0.0,
-    "verify_time_s": 0.0,
-    "other_time_s": 0.0,
-    "accept_lengths": None,  # -> []
-    "depth_reached": None,
-    "depth_accepted": None,
-    "confidence_checked": None,
-    "confidence_accepted": None,
-    "draft_tokens_per_step": math.nan,
-    "stop_reason": "",
-    "output_text": "",
-    "finished_at": "",
-    "correct": None,
-    "load": None,  # the machine's load over the timed region (harness.machine_load); None: not recorded
-}
-_LIST_FIELDS = ("accept_lengths", "depth_reached", "depth_accepted", "confidence_checked", "confidence_accepted")
-
 
 # ---------------------------------------------------------------------------------------- loading
 
@@ -184,22 +144,7 @@ def _shard_dirs(path: Path) -> list[Path]:
 
 
 def _normalise_record(row: dict[str, Any], where: str) -> dict[str, Any]:
-    schema = row.get("schema", SCHEMA_VERSION)
-    if schema != SCHEMA_VERSION:
-        raise ValueError(f"{where}: results schema {schema!r} is not supported (this harness reads schema {SCHEMA_VERSION})")
-    missing = [name for name in REQUIRED_FIELDS if name not in row]
-    if missing:
-        raise ValueError(f"{where}: record lacks required field(s) {', '.join(missing)}")
-    out = dict(row)
-    for name, default in OPTIONAL_DEFAULTS.items():
-        if out.get(name) is None:
-            out[name] = default
-    out["method_params"] = dict(out["method_params"] or {})
-    for name in _LIST_FIELDS:
-        out[name] = list(out[name] or [])
-    out["output_ids"] = list(out["output_ids"])
-    out["question_id"] = str(out["question_id"])
-    out["temperature"] = float(out["temperature"])
+    out = ResultRow.parse(row, where).as_dict()
     out["params"] = canonical_params(out["method_params"])
     return out
 
@@ -242,7 +187,7 @@ def load_runs(run_dirs: Path | str | Sequence[Path | str]) -> RunData:
 
     record_frame = pd.DataFrame.from_records(records)
     if record_frame.empty:
-        record_frame = pd.DataFrame(columns=[*REQUIRED_FIELDS, *OPTIONAL_DEFAULTS, "params"])
+        record_frame = pd.DataFrame(columns=[*FIELD_NAMES, "params"])
     else:
         before = len(record_frame)
         record_frame = record_frame.drop_duplicates(subset=list(RECORD_KEYS), keep="last").reset_index(drop=True)

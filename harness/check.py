@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.aggregate import RunData, group_key, load_runs, summarize, timing_warnings
+from harness.results import write_json_atomic
 
 BASELINE_SCHEMA = 1
 BASELINE_KIND = "eagle2-bench baseline"
@@ -141,8 +142,7 @@ def write_baseline(
         "groups": groups,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    write_json_atomic(path, baseline)
     return path
 
 

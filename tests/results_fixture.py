@@ -29,11 +29,11 @@ T=0 q1/t1; shard 2 holds the real record, so the merge must keep the latter and 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from harness.aggregate import canonical_params
+from harness.results import FAILURES_FILE, MANIFEST_FILE, RESULTS_FILE, ResultRow, write_json_atomic, write_jsonl_atomic
 
 MODEL = "tiny"
 EAGLE2_PARAMS = {"depth": 3, "top_k": 2, "total_tokens": 8}
@@ -71,22 +71,18 @@ def record(
     params = dict(params or {})
     cell_id = f"{MODEL}/{task}/{method}/{canonical_params(params)}/T{temperature:g}/s0"
     prefill, draft, verify, other = phases
-    row = {
-        "schema": 1, "run_id": "fixture", "cell_id": cell_id, "model": MODEL, "model_source": "embedded",
-        "task": task, "method": method, "method_params": params, "temperature": temperature, "top_p": 1.0,
-        "top_k": 0, "seed": 0, "repeat": 0, "question_id": question,
-        "category": category or ("writing" if question == "q1" else "math"), "turn": turn,
-        "prompt_tokens": 20, "new_tokens": new_tokens, "wall_time_s": wall, "prefill_time_s": prefill,
-        "draft_time_s": draft, "verify_time_s": verify, "other_time_s": other, "target_forwards": forwards,
-        "accept_lengths": [1] * forwards, "depth_reached": reached or [], "depth_accepted": accepted or [],
-        "confidence_checked": checked or [0] * 20, "confidence_accepted": conf_accepted or [0] * 20,
-        "draft_tokens_per_step": dtps, "stop_reason": "max_new_tokens",
-        "output_ids": output_ids if output_ids is not None else _ids(question, turn, new_tokens),
-        "output_text": "...", "finished_at": "2025-01-01T00:00:00Z",
-    }
-    if correct is not None or task == "gsm8k":
-        row["correct"] = correct
-    return row
+    return ResultRow(
+        run_id="fixture", cell_id=cell_id, model=MODEL, model_source="embedded", task=task, method=method,
+        method_params=params, temperature=temperature, question_id=question,
+        category=category or ("writing" if question == "q1" else "math"), turn=turn,
+        prompt_tokens=20, new_tokens=new_tokens, wall_time_s=wall, prefill_time_s=prefill, draft_time_s=draft,
+        verify_time_s=verify, other_time_s=other, target_forwards=forwards, accept_lengths=(1,) * forwards,
+        depth_reached=tuple(reached or ()), depth_accepted=tuple(accepted or ()),
+        confidence_checked=tuple(checked or [0] * 20), confidence_accepted=tuple(conf_accepted or [0] * 20),
+        draft_tokens_per_step=dtps, stop_reason="max_new_tokens",
+        output_ids=tuple(output_ids if output_ids is not None else _ids(question, turn, new_tokens)),
+        output_text="...", correct=correct, finished_at="2025-01-01T00:00:00Z",
+    ).as_dict()
 
 
 def failure(method: str, question: str | None, *, task: str = "mtbench", temperature: float = 0.0, params: dict | None = None) -> dict[str, Any]:
@@ -157,10 +153,6 @@ def manifest(shard: int) -> dict[str, Any]:
     }
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-
-
 def write_run(root: Path, name: str = "run") -> list[Path]:
     """Write the two shards under ``root``; return their directories."""
     (r1, r2), (f1, f2) = records(), failures()
@@ -168,9 +160,9 @@ def write_run(root: Path, name: str = "run") -> list[Path]:
     for i, (recs, fails) in enumerate(((r1, f1), (r2, f2)), start=1):
         d = root / f"{name}-shard{i}"
         d.mkdir(parents=True)
-        write_jsonl(d / "results.jsonl", recs)
-        write_jsonl(d / "failures.jsonl", fails)
-        (d / "manifest.json").write_text(json.dumps(manifest(i)), encoding="utf-8")
+        write_jsonl_atomic(d / RESULTS_FILE, recs)
+        write_jsonl_atomic(d / FAILURES_FILE, fails)
+        write_json_atomic(d / MANIFEST_FILE, manifest(i))
         dirs.append(d)
     return dirs
 
@@ -235,7 +227,7 @@ def write_sweep_run(root: Path, *, questions: int = 4, temperatures: tuple[float
                                 "run_id": "sweep",
                             }
                         )
-    write_jsonl(run_dir / "results.jsonl", rows)
-    write_jsonl(run_dir / "failures.jsonl", [])
-    (run_dir / "manifest.json").write_text(json.dumps({**manifest(1), "run_id": "sweep", "shard": None}), encoding="utf-8")
+    write_jsonl_atomic(run_dir / RESULTS_FILE, rows)
+    write_jsonl_atomic(run_dir / FAILURES_FILE, [])
+    write_json_atomic(run_dir / MANIFEST_FILE, {**manifest(1), "run_id": "sweep", "shard": None})
     return run_dir

@@ -3,12 +3,13 @@ results_fixture's docstring."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 
 import pandas as pd
 import pytest
-from results_fixture import EAGLE1, EAGLE2, failure, record, write_jsonl, write_run
+from results_fixture import EAGLE1, EAGLE2, failure, record, write_run
 
 from harness.aggregate import (
     calibration_table,
@@ -21,6 +22,7 @@ from harness.aggregate import (
     parse_params,
     summarize,
 )
+from harness.results import write_jsonl_atomic
 
 
 @pytest.fixture()
@@ -174,11 +176,11 @@ def test_paired_speedup_bootstrap_collapses_when_every_question_agrees():
 def test_torn_last_line_is_skipped_and_bad_schema_is_an_error(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
-    write_jsonl(d / "results.jsonl", [record("vanilla", "q1", 1, 10, 1.0, 10)])
+    write_jsonl_atomic(d / "results.jsonl", [record("vanilla", "q1", 1, 10, 1.0, 10)])
     with (d / "results.jsonl").open("a") as f:
         f.write('{"schema": 1, "cell_id": "x", "mo')
     assert len(load_runs(d).records) == 1
-    write_jsonl(d / "results.jsonl", [{**record("vanilla", "q1", 1, 10, 1.0, 10), "schema": 2}])
+    write_jsonl_atomic(d / "results.jsonl", [{**record("vanilla", "q1", 1, 10, 1.0, 10), "schema": 2}])
     with pytest.raises(ValueError, match="schema 2"):
         load_runs(d)
     with pytest.raises(FileNotFoundError, match="not a run directory"):
@@ -201,9 +203,9 @@ def test_a_folder_of_shards_stands_for_all_of_them(tmp_path):
 def test_a_whole_cell_failure_is_cleared_once_the_cell_has_records(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
-    write_jsonl(d / "results.jsonl", [record("vanilla", "q1", 1, 10, 1.0, 10), record("eagle2", "q1", 1, 10, 0.5, 4)])
+    write_jsonl_atomic(d / "results.jsonl", [record("vanilla", "q1", 1, 10, 1.0, 10), record("eagle2", "q1", 1, 10, 0.5, 4)])
     # Model load failed before any question (question_id null), then a resumed run completed the cell.
-    write_jsonl(d / "failures.jsonl", [failure("eagle2", None), failure("eagle1", None)])
+    write_jsonl_atomic(d / "failures.jsonl", [failure("eagle2", None), failure("eagle1", None)])
     run = load_runs(d)
     assert run.failures["method"].tolist() == ["eagle1"]
 
@@ -215,7 +217,7 @@ def test_repeats_of_a_sample_do_not_trigger_the_partial_pairing_note(tmp_path):
     for repeat in (0, 1):
         for method, wall in (("vanilla", 1.0), ("eagle2", 0.5)):
             rows.append({**record(method, "q1", 1, 10, wall, 10), "repeat": repeat})
-    write_jsonl(d / "results.jsonl", rows)
+    write_jsonl_atomic(d / "results.jsonl", rows)
     e2 = row(summarize(load_runs(d)), "mtbench", "eagle2")
     assert e2["speedup"] == pytest.approx(2.0)
     assert "samples" not in e2["note"]
@@ -224,7 +226,7 @@ def test_repeats_of_a_sample_do_not_trigger_the_partial_pairing_note(tmp_path):
 def test_a_group_pooling_different_heads_gets_a_note(tmp_path):
     d = tmp_path / "run"
     d.mkdir()
-    write_jsonl(d / "results.jsonl", [
+    write_jsonl_atomic(d / "results.jsonl", [
         record("vanilla", "q1", 1, 10, 1.0, 10),
         record("vanilla", "q2", 1, 10, 1.0, 10),
         {**record("eagle2", "q1", 1, 10, 0.5, 4), "head": "builtin:a"},
@@ -237,7 +239,8 @@ def test_a_group_pooling_different_heads_gets_a_note(tmp_path):
 
 def test_audited_near_tie_is_explained_and_unexplained_stays_a_failure(tmp_path):
     """A half-precision audit row turns a difference into a near-tie (not a failure); an unexplained one stays."""
-    from harness.aggregate import AUDIT_FILE, load_runs, summarize
+    from harness.aggregate import load_runs, summarize
+    from harness.results import AUDIT_FILE
 
     dirs = write_run(tmp_path)
     run = load_runs(dirs)
@@ -252,3 +255,19 @@ def test_audited_near_tie_is_explained_and_unexplained_stays_a_failure(tmp_path)
         e2 = row(summarize(load_runs(dirs), n_boot=50), "mtbench", "eagle2")
         assert (e2["lossless_compared"], e2["lossless_near_ties"], e2["lossless_mismatches"]) == (4, near_ties, mismatches)
         assert ("LOSSLESS CHECK FAILED" in e2["note"]) == bool(mismatches)
+
+
+def test_the_committed_mtbench_run_aggregates_to_its_recorded_summary():
+    """results/mtbench (committed) against the summary.csv its report had when it was recorded
+    (tests/expected/): a change to reading or aggregating records shows up here."""
+    from conftest import REPO_ROOT
+
+    summary = summarize(load_runs(REPO_ROOT / "results" / "mtbench"))
+    got = pd.read_csv(io.StringIO(summary.to_csv(index=False)))
+    expected = pd.read_csv(REPO_ROOT / "tests" / "expected" / "results_mtbench_summary.csv")
+    pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=1e-12)
+    greedy = got[(got["method"] != "vanilla") & (got["temperature"] == 0)].set_index(["method", "params"])
+    assert len(got) == 10 and len(greedy) == 3
+    assert (greedy["lossless_compared"] == 12).all() and (greedy["lossless_mismatches"] == 0).all()
+    assert greedy.loc[("eagle2", "depth=5, top_k=4, total_tokens=16"), "speedup"] == pytest.approx(1.3093, abs=1e-4)
+    assert greedy.loc[("eagle2", "depth=5, top_k=4, total_tokens=16"), "tau"] == pytest.approx(2.4227, abs=1e-4)

@@ -27,7 +27,6 @@ from harness.config import apply_overrides, expand, load_suite
 from harness.runner import RunOptions, run_suite
 from harness.tasks import DataSource
 
-pytestmark = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no data in {DATA_DIR}")
 
 SUITE = """\
 schema: 1

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from results_fixture import EAGLE2, failures, records, write_jsonl, write_run
+from results_fixture import EAGLE2, failures, records, write_run
 
 from harness.check import load_baseline, run_check, write_baseline
+from harness.results import write_jsonl_atomic
 
 E2_KEY = f"tiny|mtbench|eagle2|{EAGLE2}|T=0"
 
@@ -25,8 +26,8 @@ def _single_dir_run(root, edit=None):
     merged = {(r["cell_id"], r["question_id"], r["turn"]): r for r in shard1 + shard2}
     rows = [edit(dict(r)) if edit else r for r in merged.values()]
     root.mkdir(parents=True)
-    write_jsonl(root / "results.jsonl", [r for r in rows if r is not None])
-    write_jsonl(root / "failures.jsonl", failures()[1])
+    write_jsonl_atomic(root / "results.jsonl", [r for r in rows if r is not None])
+    write_jsonl_atomic(root / "failures.jsonl", failures()[1])
     return root
 
 

@@ -12,7 +12,6 @@ from conftest import DATA_DIR, REPO_ROOT
 
 from harness.__main__ import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 
-needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no data in {DATA_DIR}")
 
 
 def test_help_for_every_command(capsys):
@@ -54,7 +53,6 @@ def test_bad_arguments_exit_2(capsys):
     assert "not found" in capsys.readouterr().err
 
 
-@needs_data
 def test_run_resume_report_check(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["-q", "run", "smoke", "--data-dir", str(DATA_DIR), "--out", str(out), "--limit", "1",
@@ -80,7 +78,6 @@ def test_run_resume_report_check(tmp_path, capsys):
     assert main(["-q", "check", str(out), "--baseline", str(baseline)]) == EXIT_OK
 
 
-@needs_data
 def test_bad_model_path_exits_1_with_failures(tmp_path, capsys):
     suite = tmp_path / "broken.yaml"
     suite.write_text(
@@ -108,7 +105,6 @@ def test_module_entry_point():
     assert done.returncode == 0 and "validate" in done.stdout
 
 
-@needs_data
 def test_train_stages_end_to_end_on_a_tiny_model(tmp_path, capsys):
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": text}) + "\n" for text in (
@@ -132,7 +128,6 @@ def test_train_stages_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert "--drop-overlapping" in capsys.readouterr().err
 
 
-@needs_data
 def test_default_folders_report_and_check_by_suite_name_twice_in_a_row(tmp_path, monkeypatch, capsys):
     """The main command block as a new user types it: runs land in runs/<suite>/<timestamp>, report and
     check take the suite name, and the same commands work again (a new run, not an error)."""

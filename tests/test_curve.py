@@ -4,20 +4,15 @@ the same questions, written as JSON and a PNG figure."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pytest
+from conftest import DATA_DIR
 
 from harness.__main__ import main
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("EAGLE2_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no MT-bench data in {DATA_DIR}")
 MODEL = ["--model", "tiny-random-llama", "--threads", "1"]
 
 
-@needs_data
 def test_a_learning_curve_over_epochs_and_data_sizes(tmp_path: Path) -> None:
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Tell me something about the number {i}."}) + "\n" for i in range(8)))

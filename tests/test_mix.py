@@ -4,11 +4,11 @@ counted in the summary, multi-turn conversations distilled as conversations."""
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import pytest
+from conftest import DATA_DIR
 
 from eagle2.train.distill import DistillConfig, distill, read_shard_metadata
 from eagle2.train.dataset import load_records
@@ -16,9 +16,6 @@ from eagle2.train.mix import ALL_KINDS, FOLLOW_UPS, MAGPIE_KINDS, SHARED_KINDS, 
 from eagle2.train.prompts import SHARED_SETS, MagpieConfig, PromptsConfig, SourceSpec, Turn, build_prompts, read_prompts
 from tests.test_train import CharChat, tiny_target
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("EAGLE2_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (DATA_DIR / "train" / "gsm8k_train" / "train.jsonl").is_file(), reason=f"no training data in {DATA_DIR}")
 
 
 def test_kind_sources_parse_and_unknown_kinds_are_named() -> None:
@@ -43,7 +40,6 @@ def test_the_default_mix_uses_every_shared_set_and_every_kind() -> None:
     assert join_opening("Write a poem about", "") == ""
 
 
-@needs_data
 def test_a_tiny_mix_of_every_set_and_kind_is_built_counted_and_distilled(tmp_path: Path) -> None:
     target, chat = tiny_target(), CharChat()
     sources = tuple(f"{s}:2" if not s.rsplit(":", 1)[-1].isdigit() else f"{s.rsplit(':', 1)[0]}:2" for s in default_mix_sources(100))

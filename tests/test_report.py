@@ -106,11 +106,13 @@ def test_sweep_makes_every_figure(tmp_path):
 
 
 def test_only_vanilla_skips_figures_cleanly(tmp_path):
-    from results_fixture import record, write_jsonl
+    from results_fixture import record
+
+    from harness.results import write_jsonl_atomic
 
     d = tmp_path / "run"
     d.mkdir()
-    write_jsonl(d / "results.jsonl", [record("vanilla", "q1", 1, 10, 1.0, 10), record("vanilla", "q2", 1, 10, 1.0, 10)])
+    write_jsonl_atomic(d / "results.jsonl", [record("vanilla", "q1", 1, 10, 1.0, 10), record("vanilla", "q2", 1, 10, 1.0, 10)])
     md = write_report([d], tmp_path / "out").read_text(encoding="utf-8")
     assert "Lossless check: nothing to compare" in md
     for name in ("speedup_by_task", "tree_heatmap", "tau_vs_total_tokens", "acceptance_by_depth", "calibration"):

@@ -24,7 +24,6 @@ from harness.results import JsonlLog, OutputFolderError, parse_jsonl
 from harness.runner import ResumeMismatchError, RunOptions, method_label, run_suite
 from harness.tasks import DataSource
 
-pytestmark = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no data in {DATA_DIR}")
 
 SUITE = """\
 schema: 1

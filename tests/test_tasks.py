@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, SHARED_DATA_DIR
 
 from harness.tasks import (
     PINNED,
@@ -24,9 +24,6 @@ from harness.tasks import (
     sha256_of,
 )
 
-needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no data in {DATA_DIR}")
-
-
 def options(task: str, **given) -> dict:
     return {name: given.get(name, option.default) for name, option in TASKS[task].options.items()}
 
@@ -35,9 +32,9 @@ def offline(data_dir: Path | None, tmp_path: Path) -> DataSource:
     return DataSource(data_dir=data_dir, cache_dir=tmp_path / "cache", allow_download=False)
 
 
-@needs_data
+@pytest.mark.shared_data
 def test_mt_bench():
-    questions, file = TASKS["mt_bench"].load(options("mt_bench"), offline(DATA_DIR, Path("/nonexistent")))
+    questions, file = TASKS["mt_bench"].load(options("mt_bench"), offline(SHARED_DATA_DIR, Path("/nonexistent")))
     assert len(questions) == 80 and file.describe()["matches_pinned"] is True
     assert all(len(q.turns) == 2 and isinstance(q.question_id, str) for q in questions)
     assert questions[0].question_id == "81" and questions[0].category == "writing"
@@ -45,8 +42,22 @@ def test_mt_bench():
     spread = select_questions(questions, 8, "spread")
     assert len({q.category for q in spread}) == 8  # one question per category
     assert [q.question_id for q in select_questions(questions, 3, "first")] == ["81", "82", "83"]
-    only = TASKS["mt_bench"].load(options("mt_bench", categories=("math",), turns=1), offline(DATA_DIR, Path("/x")))[0]
+    only = TASKS["mt_bench"].load(options("mt_bench", categories=("math",), turns=1), offline(SHARED_DATA_DIR, Path("/x")))[0]
     assert len(only) == 10 and all(q.category == "math" and len(q.turns) == 1 for q in only)
+    with pytest.raises(ValueError, match="no questions in categories \\['maths'\\]; categories in the file"):
+        TASKS["mt_bench"].load(options("mt_bench", categories=("maths",)), offline(SHARED_DATA_DIR, Path("/x")))
+
+
+def test_mt_bench_loader_on_the_stand_in_file():
+    questions, file = TASKS["mt_bench"].load(options("mt_bench"), offline(DATA_DIR, Path("/nonexistent")))
+    assert len(questions) == 16 and file.origin == "data-dir" and file.describe()["matches_pinned"] is False  # not the real file
+    assert all(len(q.turns) == 2 and isinstance(q.question_id, str) for q in questions)
+    assert questions[0].question_id == "81" and questions[0].category == "writing"
+    spread = select_questions(questions, 8, "spread")
+    assert len({q.category for q in spread}) == 8  # one question per category
+    assert [q.question_id for q in select_questions(questions, 3, "first")] == ["81", "82", "91"]
+    only = TASKS["mt_bench"].load(options("mt_bench", categories=("math",), turns=1), offline(DATA_DIR, Path("/x")))[0]
+    assert [q.question_id for q in only] == ["111", "112"] and all(len(q.turns) == 1 for q in only)
     with pytest.raises(ValueError, match="no questions in categories \\['maths'\\]; categories in the file"):
         TASKS["mt_bench"].load(options("mt_bench", categories=("maths",)), offline(DATA_DIR, Path("/x")))
 
@@ -107,14 +118,17 @@ def test_gsm8k_answers():
     assert gsm8k_prediction("no numbers here") is None
 
 
-@needs_data
-def test_gsm8k_load_and_score():
-    questions, _ = TASKS["gsm8k"].load(options("gsm8k"), offline(DATA_DIR, Path("/x")))
-    assert len(questions) == 1319 and questions[0].question_id == "0" and questions[0].payload["answer"] == "18"
+@pytest.mark.parametrize(
+    "data_dir, count, first_answer",
+    [pytest.param(SHARED_DATA_DIR, 1319, "18", marks=pytest.mark.shared_data, id="real"), pytest.param(DATA_DIR, 6, "7", id="stand-in")],
+)
+def test_gsm8k_load_and_score(data_dir, count, first_answer):
+    questions, _ = TASKS["gsm8k"].load(options("gsm8k"), offline(data_dir, Path("/x")))
+    assert len(questions) == count and questions[0].question_id == "0" and questions[0].payload["answer"] == first_answer
     score = TASKS["gsm8k"].score
-    assert score(questions[0], ["... so she makes $18."], options("gsm8k"), ScoreContext()) is True
-    assert score(questions[0], ["I think 17"], options("gsm8k"), ScoreContext()) is False
-    assert score(questions[0], ["18"], options("gsm8k", score=False), ScoreContext()) is None
+    assert score(questions[0], [f"... so the answer is ${first_answer}."], options("gsm8k"), ScoreContext()) is True
+    assert score(questions[0], [f"I think {int(first_answer) - 1}"], options("gsm8k"), ScoreContext()) is False
+    assert score(questions[0], [first_answer], options("gsm8k", score=False), ScoreContext()) is None
 
 
 def test_humaneval_load():

@@ -21,7 +21,6 @@ from harness.machine_load import measure, snapshot
 from harness.runner import RunOptions, run_suite
 from harness.tasks import DataSource
 
-needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench" / "question.jsonl").is_file(), reason=f"no data in {DATA_DIR}")
 
 SUITE = """\
 schema: 1
@@ -63,7 +62,6 @@ def _others_cores(seconds: float) -> float:
     return max(load["others_cpu_s"], load["system_others_cpu_s"] or 0.0) / load["wall_s"]
 
 
-@needs_data
 def test_a_run_competing_with_a_busy_loop_is_flagged(tmp_path):
     import torch
 
@@ -101,7 +99,6 @@ def test_a_run_competing_with_a_busy_loop_is_flagged(tmp_path):
     assert "**Warning (timing):**" in table
 
 
-@needs_data
 def test_a_quiet_run_is_not_flagged(tmp_path):
     if (busy := _others_cores(1.0)) >= 0.25:
         pytest.skip(f"the machine is busy ({busy:.2f} cores used by other processes): a quiet run cannot be made here")

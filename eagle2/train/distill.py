@@ -43,7 +43,8 @@ import torch
 
 from eagle2.target import TargetModel, cpu_bf16_flags, parse_dtype
 from eagle2.train.generation import batched_generate, prefill_features
-from eagle2.train.io import atomic_save_safetensors, atomic_write_json, check_manifest
+from eagle2.file_io import write_json_atomic
+from eagle2.train.io import atomic_save_safetensors, check_manifest
 from eagle2.train.prompts import ChatFormat, Prompt, Turn, _seed
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def distill(
         "features_computed_in": str(target.dtype).removeprefix("torch."),
         "features_stored_as": str(feature_dtype).removeprefix("torch."),
     }
-    atomic_write_json(out_dir / "distill.summary.json", summary)
+    write_json_atomic(out_dir / "distill.summary.json", summary, sort_keys=True)
     return paths
 
 

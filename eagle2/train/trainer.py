@@ -18,7 +18,6 @@ so a resumed run continues with the very next batch.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -42,7 +41,8 @@ from eagle2.train.dataset import (
     load_records,
     split,
 )
-from eagle2.train.io import atomic_torch_save, atomic_write_json, atomic_write_text, check_manifest
+from eagle2.file_io import JsonlLog, read_jsonl, write_json_atomic, write_jsonl_atomic
+from eagle2.train.io import atomic_torch_save, check_manifest
 from eagle2.train.unroll import step_weights, unroll
 
 logger = logging.getLogger(__name__)
@@ -339,10 +339,10 @@ def train(
         step, epoch, next_batch, elapsed = state["step"], state["epoch"], state["next_batch"], state["elapsed_s"]
         logger.info("resumed at step %d (epoch %d, batch %d)", step, epoch, next_batch)
     log_path = folder / "train.log.jsonl"
+    training_log = JsonlLog(log_path)
     if log_path.is_file():
         # Rows written after the checkpoint belong to steps that are about to be redone.
-        rows = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-        atomic_write_text(log_path, "".join(line + "\n" for line in rows))
+        write_jsonl_atomic(log_path, [row for row in training_log.read() if row["step"] <= step])
 
     def summary_of(epochs_done: int, steps: int, seconds: float, heldout_losses: Losses) -> dict:
         return {
@@ -359,8 +359,7 @@ def train(
         }
 
     def log(row: dict) -> None:
-        with open(log_path, "a", encoding="utf-8") as file:
-            file.write(json.dumps(row) + "\n")
+        training_log.append(row)
 
     def save_checkpoint() -> None:
         atomic_torch_save(
@@ -446,7 +445,7 @@ def train(
         last_eval = evaluate(head, heldout, losses, config)
     summary = {**summary_of(epoch, step, elapsed, last_eval), "stopped_by_time_budget": out_of_time}
     write_head(head, draft_vocab, out, summary, config)
-    atomic_write_json(folder / "summary.json", summary)
+    write_json_atomic(folder / "summary.json", summary, sort_keys=True)
     logger.info("head written to %s; held-out top-1 %.3f", out, last_eval.top1)
     return summary
 
@@ -482,12 +481,11 @@ def write_head(head: DraftHead, draft_vocab: torch.Tensor | None, out: Path, sum
         "ttt_detach": config.ttt_detach,
     }
     saved.save_pretrained(out, extra_config={"eagle2_training": training})
-    atomic_write_text(out / "training.json", json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(out / "training.json", summary, sort_keys=True)
 
 
 def _last_train_row(log_path: Path) -> dict | None:
     if not log_path.is_file():
         return None
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
+    rows = [r for r in read_jsonl(log_path) if "loss" in r]
     return rows[-1] if rows else None

@@ -31,7 +31,7 @@ class UnitWorker:
         import torch
 
         import harness
-        from harness.runner import hardware_info
+        from harness.environment import hardware_info
 
         info = {k: v for k, v in hardware_info().items() if k != "devices"}
         info.update(
