@@ -23,7 +23,7 @@ from eagle2.draft import DynamicTreeProposer, Proposer, StaticTreeProposer
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
 from eagle2.record import GenerationRecord, SamplingConfig
-from eagle2.schema import Field, Registry, resolve_settings
+from eagle2.schema import Field, Registry, resolve_settings, suggestion
 from eagle2.target import TargetModel
 from eagle2.tree import builtin_tree_names, load_static_tree
 
@@ -94,9 +94,11 @@ def engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | 
 
 def _check_tree(value: Any) -> None:
     if isinstance(value, str):
-        load_static_tree(value)
-    else:
-        load_static_tree([list(path) for path in value])
+        names = builtin_tree_names()
+        if value not in names:
+            raise KeyError(f"unknown static tree {value!r}; {suggestion(value, names, 'built-in trees')} (or give a list of paths)")
+        return
+    load_static_tree([list(path) for path in value])
 
 
 def _build_vanilla(target, head, params) -> Decoder:

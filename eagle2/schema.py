@@ -183,8 +183,10 @@ def check_settings(fields: Mapping[str, Field], given: Mapping[str, Any], *, own
                 what = f"{who} needs {noun} {name!r}" if who else f"missing required {noun} {name!r}"
                 found.append(Problem((), f"{what}: {field.help}" if who and field.help else what))
             continue
-        lead = f"{owner} {noun} {name!r} " if owner else ""
-        found.extend(Problem((name, *where), lead + message) for where, message in field.problems(given[name]))
+        for where, message in field.problems(given[name]):
+            if owner:  # "... parameter 'depth' must be >= 1", "... parameter 'tree': unknown static tree ..."
+                message = f"{owner} {noun} {name!r}{' ' if message.startswith('must ') else ': '}{message}"
+            found.append(Problem((name, *where), message))
         if field.keys is not None and isinstance(given[name], Mapping):
             found.extend(Problem((name, *p.path), p.message) for p in check_settings(field.keys, given[name], noun=noun))
     return found

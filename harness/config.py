@@ -215,7 +215,7 @@ class WarmupConfig:
 @dataclass(frozen=True)
 class Suite:
     schema: int = setting(int, "the schema version of the file", check=_check_schema_version, what=str(SCHEMA_VERSION))
-    name: str = setting(str, "the suite's name: runs go to runs/<name>/", check=_check_label)
+    name: str = setting(str, "the suite's name: runs go to `runs/<name>/`", check=_check_label)
     models: tuple[ModelConfig, ...] = setting(list, "the models (models[] keys)", non_empty=True, what="a non-empty list")
     tasks: tuple[TaskConfig, ...] = setting(list, "the tasks: a task type's name, or a mapping (tasks[] keys)",
                                             non_empty=True, what="a non-empty list")
