@@ -394,11 +394,19 @@ def _check_model(check: _Checker, path: tuple, data: Any, methods: Registry[Meth
     return ModelConfig(**given)  # with a bad value too, so the checks across entries still run (the problems raise later)
 
 
-def _check_task(check: _Checker, path: tuple, data: Any, tasks: Registry[TaskSpec]) -> TaskConfig | None:
+def _entry(check: _Checker, path: tuple, data: Any, what: str) -> Mapping[str, Any] | None:
+    """A tasks[] or methods[] entry as a mapping: a name alone stands for {name: NAME}."""
     if isinstance(data, str):
-        data = {"name": data}
+        return {"name": data}
     if not isinstance(data, Mapping):
-        check.error(path, f"a task must be a task name or a mapping with `name`, got {data!r}")
+        check.error(path, f"a {what} must be a {what} name or a mapping with `name`, got {data!r}")
+        return None
+    return data
+
+
+def _check_task(check: _Checker, path: tuple, data: Any, tasks: Registry[TaskSpec]) -> TaskConfig | None:
+    data = _entry(check, path, data, "task")
+    if data is None:
         return None
     task_type = data.get("type", data.get("name"))
     if not isinstance(task_type, str) or task_type not in tasks:
@@ -420,12 +428,8 @@ def _check_task(check: _Checker, path: tuple, data: Any, tasks: Registry[TaskSpe
 
 
 def _check_method(check: _Checker, path: tuple, data: Any, methods: Registry[MethodSpec]) -> MethodConfig | None:
-    if isinstance(data, str):
-        data = {"name": data}
-    if not isinstance(data, Mapping):
-        check.error(path, f"a method must be a method name or a mapping with `name`, got {data!r}")
-        return None
-    if not check.settings(path, data, METHOD_FIELDS):
+    data = _entry(check, path, data, "method")
+    if data is None or not check.settings(path, data, METHOD_FIELDS):
         return None
     name = data["name"]
     if name not in methods:

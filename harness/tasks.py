@@ -378,8 +378,14 @@ def _score_humaneval(question: Question, answers: Sequence[str], options: Mappin
 # --------------------------------------------------------------------------------------------
 # The registry.
 
-_CATEGORIES = Field((list, type(None)), None, "keep only these categories (default: all)", each=Field(str))
-_TURNS = Field((int, type(None)), None, "use at most this many turns per question (default: all)", minimum=1)
+def _question_file_options(path: Field) -> dict[str, Field]:
+    """The options of a task that reads an MT-bench format question file from `path`."""
+    return {
+        "path": path,
+        "categories": Field((list, type(None)), None, "keep only these categories (default: all)", each=Field(str)),
+        "turns": Field((int, type(None)), None, "use at most this many turns per question (default: all)", minimum=1),
+    }
+
 
 TASKS: Registry[TaskSpec] = Registry(
     "task type",
@@ -387,22 +393,14 @@ TASKS: Registry[TaskSpec] = Registry(
         TaskSpec(
             name="mt_bench",
             description="MT-bench: 80 two-turn questions in 8 categories; turn 2 follows the method's own turn-1 answer",
-            options={
-                "path": Field(str, "mt_bench/question.jsonl", "question file, relative to the data folder or absolute"),
-                "categories": _CATEGORIES,
-                "turns": _TURNS,
-            },
+            options=_question_file_options(Field(str, "mt_bench/question.jsonl", "question file, relative to the data folder or absolute")),
             load=_load_mt_bench,
         ),
         TaskSpec(
             name="questions",
             description="any MT-bench / Spec-Bench format question file (question_id, category, turns: any number)",
-            options={
-                "path": Field(str, REQUIRED, "a question file (question_id, category, turns), relative to the data folder or absolute",
-                              check=_check_question_path),
-                "categories": _CATEGORIES,
-                "turns": _TURNS,
-            },
+            options=_question_file_options(Field(str, REQUIRED, "a question file (question_id, category, turns), relative to the "
+                                                 "data folder or absolute", check=_check_question_path)),
             load=_load_questions,
         ),
         TaskSpec(
