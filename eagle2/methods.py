@@ -1,6 +1,7 @@
 """The registry of decoding methods: a name, its parameters, and how to build a decoder from them.
 
-A new speculative method is one proposer (draft.py) plus one entry here. Reference methods that
+A new speculative method is one proposer (draft.py) plus one entry here (or, outside this
+package, `METHODS.with_entry(spec)`: a registry of its own that suites and runs can be given). Reference methods that
 call transformers' own `generate` live here too, so a benchmark can show that our vanilla decoding
 is at least as fast as the library's.
 """
@@ -22,6 +23,7 @@ from eagle2.draft import DynamicTreeProposer, Proposer, StaticTreeProposer
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
 from eagle2.record import GenerationRecord, SamplingConfig
+from eagle2.schema import Field, Registry, resolve_settings, suggestion
 from eagle2.target import TargetModel
 from eagle2.tree import builtin_tree_names, load_static_tree
 
@@ -39,15 +41,6 @@ class Decoder(Protocol):
     ) -> GenerationRecord: ...
 
 
-@dataclass(frozen=True)
-class Param:
-    default: Any
-    kind: type | tuple[type, ...]
-    help: str
-    minimum: int | None = None
-    check: Callable[[Any], None] | None = None  # raises ValueError on a bad value
-
-
 # Head kinds a method can draft with: the class that implements each.
 HEAD_KINDS: Mapping[str, type] = MappingProxyType({"eagle": DraftHead, "eagle3": Eagle3Head})
 
@@ -57,35 +50,15 @@ class MethodSpec:
     name: str
     description: str
     needs_head: bool
-    params: Mapping[str, Param]
+    params: Mapping[str, Field]
     build: Callable[[TargetModel, DraftHead | Eagle3Head | None, Mapping[str, Any]], Decoder]
     lossless_greedy: bool = True  # greedy output must equal vanilla's (checked by the harness)
     reference: bool = False  # a transformers baseline rather than our engine
     head_kind: str | None = None  # a HEAD_KINDS key when needs_head: "eagle" (EAGLE-1/2 layout) or "eagle3"
 
     def resolve(self, params: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Defaults filled in; unknown names and bad values raise with the allowed ones listed."""
-        params = dict(params or {})
-        unknown = sorted(set(params) - set(self.params))
-        if unknown:
-            allowed = ", ".join(self.params) or "none"
-            raise KeyError(f"method {self.name!r} has no parameter {', '.join(map(repr, unknown))}; allowed: {allowed}")
-        resolved = {}
-        for name, spec in self.params.items():
-            value = params.get(name, spec.default)
-            if isinstance(value, bool) and spec.kind is int:
-                raise ValueError(f"method {self.name!r} parameter {name!r} must be int, got {value!r}")
-            if not isinstance(value, spec.kind):
-                kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-                raise ValueError(
-                    f"method {self.name!r} parameter {name!r} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}"
-                )
-            if spec.minimum is not None and value < spec.minimum:
-                raise ValueError(f"method {self.name!r} parameter {name!r} must be >= {spec.minimum}, got {value!r}")
-            if spec.check is not None:
-                spec.check(value)
-            resolved[name] = value
-        return resolved
+        """Defaults filled in; an unknown name (KeyError) or a bad value (ValueError) names the allowed ones."""
+        return resolve_settings(self.params, params, owner=f"method {self.name!r}", noun="parameter")
 
     def create(self, target: TargetModel, head: DraftHead | Eagle3Head | None, params: Mapping[str, Any] | None = None) -> Decoder:
         if self.needs_head and head is None:
@@ -99,7 +72,10 @@ class MethodSpec:
         return self.build(target, head, self.resolve(params))
 
 
-def _engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | None) -> Decoder:
+def engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | None) -> Decoder:
+    """A Decoder that runs THE decode loop (eagle2.decode.generate) with a fresh proposer per
+    generation (None: vanilla decoding)."""
+
     def decode(prompt_ids, *, max_new_tokens, sampling, stop_token_ids, generator, profile=False):
         proposer = make_proposer() if make_proposer is not None else None
         return generate(
@@ -118,23 +94,25 @@ def _engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] |
 
 def _check_tree(value: Any) -> None:
     if isinstance(value, str):
-        load_static_tree(value)
-    else:
-        load_static_tree([list(path) for path in value])
+        names = builtin_tree_names()
+        if value not in names:
+            raise KeyError(f"unknown static tree {value!r}; {suggestion(value, names, 'built-in trees')} (or give a list of paths)")
+        return
+    load_static_tree([list(path) for path in value])
 
 
 def _build_vanilla(target, head, params) -> Decoder:
-    return _engine_decoder(target, None)
+    return engine_decoder(target, None)
 
 
 def _build_eagle1(target, head, params) -> Decoder:
     tree = params["tree"] if isinstance(params["tree"], str) else [list(p) for p in params["tree"]]
-    return _engine_decoder(target, lambda: StaticTreeProposer(head, target, tree=tree))
+    return engine_decoder(target, lambda: StaticTreeProposer(head, target, tree=tree))
 
 
 def _build_dynamic_tree(target, head, params) -> Decoder:
     """EAGLE-2's dynamic tree over the given head (an EAGLE-1/2 head: eagle2; an EAGLE-3 head: eagle3)."""
-    return _engine_decoder(
+    return engine_decoder(
         target,
         lambda: DynamicTreeProposer(head, target, depth=params["depth"], top_k=params["top_k"], total_tokens=params["total_tokens"]),
     )
@@ -221,11 +199,6 @@ def _hf_cache_settings(target: TargetModel, params: Mapping[str, Any]) -> dict[s
     return settings
 
 
-def _check_hf_cache(value: Any) -> None:
-    if value not in ("dynamic", "static"):
-        raise ValueError(f"hf_generate cache must be 'dynamic' or 'static', got {value!r}")
-
-
 def _build_hf_generate(target, head, params) -> Decoder:
     return _hf_decoder(target, _hf_cache_settings(target, params))
 
@@ -238,95 +211,83 @@ def _build_hf_prompt_lookup(target, head, params) -> Decoder:
 
 
 # EAGLE-2's dynamic tree, whichever head drafts it (eagle2, eagle3).
-DYNAMIC_TREE_PARAMS: Mapping[str, Param] = MappingProxyType(
+DYNAMIC_TREE_PARAMS: Mapping[str, Field] = MappingProxyType(
     {
-        "depth": Param(6, int, "deepest drafted token (official depth + 1)", minimum=1),
-        "top_k": Param(10, int, "nodes expanded per depth and children per node", minimum=1),
-        "total_tokens": Param(60, int, "tokens verified per step, root included (official total_token)", minimum=1),
+        "depth": Field(int, 6, "deepest drafted token (the official depth + 1)", minimum=1),
+        "top_k": Field(int, 10, "nodes expanded per depth, and children drafted per node", minimum=1),
+        "total_tokens": Field(int, 60, "tokens verified per step, root included (the official total_token)", minimum=1),
     }
 )
 
-METHODS: Mapping[str, MethodSpec] = MappingProxyType(
-    {
-        "vanilla": MethodSpec(
+METHODS: Registry[MethodSpec] = Registry(
+    "method",
+    [
+        MethodSpec(
             name="vanilla",
-            description="one target forward per token on our engine (the honest baseline)",
+            description="one target forward per token on our engine and cache: the baseline every speedup is against",
             needs_head=False,
             params={},
             build=_build_vanilla,
         ),
-        "eagle1": MethodSpec(
+        MethodSpec(
             name="eagle1",
-            description="EAGLE-1: a static draft tree of child ranks",
+            description="EAGLE-1: a static tree of child ranks, drafted by the EAGLE head",
             needs_head=True,
             params={
-                "tree": Param(
-                    "mc_sim_7b_63",
+                "tree": Field(
                     (str, list),
-                    f"a built-in tree ({', '.join(builtin_tree_names())}) or a list of paths of child ranks",
+                    "mc_sim_7b_63",
+                    "a built-in tree (mc_sim_7b_63: EAGLE-1's default, 25 paths, 26 tokens verified) or a list of paths of child ranks",
                     check=_check_tree,
+                    what=f"{' | '.join(builtin_tree_names())} | a list of paths",
                 )
             },
             build=_build_eagle1,
             head_kind="eagle",
         ),
-        "eagle2": MethodSpec(
+        MethodSpec(
             name="eagle2",
-            description="EAGLE-2: context-aware dynamic draft tree (expand by path confidence, rerank, verify)",
+            description="EAGLE-2: expand the top_k most confident nodes per depth, each with top_k children; "
+            "rerank all drafts by path confidence; verify the best total_tokens",
             needs_head=True,
             params=DYNAMIC_TREE_PARAMS,
             build=_build_dynamic_tree,
             head_kind="eagle",
         ),
-        "eagle3": MethodSpec(
+        MethodSpec(
             name="eagle3",
-            description="EAGLE-3: EAGLE-2's dynamic draft tree over an EAGLE-3 head (low/mid/high target features)",
+            description="EAGLE-3: EAGLE-2's dynamic tree over an EAGLE-3 head (the model's eagle3_head), which reads "
+            "the inputs of target layers 2, N/2 and N-3 and drafts over its own draft vocabulary",
             needs_head=True,
             params=DYNAMIC_TREE_PARAMS,
             build=_build_dynamic_tree,
             head_kind="eagle3",
         ),
-        "hf_generate": MethodSpec(
+        MethodSpec(
             name="hf_generate",
-            description="transformers' own generate() (reference for our vanilla)",
+            description="transformers' own generate(): shows our vanilla is an honest baseline",
             needs_head=False,
             params={
-                "cache": Param("dynamic", str, "KV cache: 'dynamic' (DynamicCache) or 'static' (StaticCache)", check=_check_hf_cache),
-                "compile": Param(False, bool, "torch.compile the decode step (needs cache='static')"),
+                "cache": Field(str, "dynamic", "KV cache: dynamic (DynamicCache) or static (StaticCache)", choices=("dynamic", "static")),
+                "compile": Field(bool, False, "torch.compile the static-cache decode step, on a CPU too (needs cache: static)"),
             },
             build=_build_hf_generate,
             reference=True,
         ),
-        "hf_prompt_lookup": MethodSpec(
+        MethodSpec(
             name="hf_prompt_lookup",
             description="transformers' prompt-lookup decoding (n-gram drafts from the prompt)",
             needs_head=False,
             params={
-                "num_tokens": Param(10, int, "drafted tokens per step", minimum=1),
-                "max_ngram": Param(2, int, "longest n-gram matched in the prompt", minimum=1),
+                "num_tokens": Field(int, 10, "drafted tokens per step", minimum=1),
+                "max_ngram": Field(int, 2, "longest n-gram matched in the prompt", minimum=1),
             },
             build=_build_hf_prompt_lookup,
             reference=True,
         ),
-    }
+    ],
 )
 
 
 def get_method(name: str) -> MethodSpec:
-    if name not in METHODS:
-        raise KeyError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def describe_methods() -> list[dict[str, Any]]:
-    return [
-        {
-            "name": spec.name,
-            "description": spec.description,
-            "needs_head": spec.needs_head,
-            "head_kind": spec.head_kind,
-            "params": {name: {"default": p.default, "help": p.help} for name, p in spec.params.items()},
-        }
-        for spec in METHODS.values()
-    ]
-
+    return METHODS.lookup(name)

@@ -5,6 +5,7 @@
     python -m harness check smoke --baseline my-baseline.json   # make it first with --write-baseline
     python -m harness ls
     python -m harness validate suites/tree-sweep.yaml
+    python -m harness validate --explain                      # every suite key, method parameter and task option
 
 Exit status: 0 done; 1 some generations failed (run) or a regression (check); 2 bad input (a bad
 suite, argument, data file, baseline, or an output folder that is busy, read-only or full);
@@ -19,11 +20,12 @@ import math
 import signal
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from eagle2.schema import Field
     from harness.config import Suite
 
 logger = logging.getLogger("harness")
@@ -229,17 +231,14 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print("tasks (tasks[].type):")
         for spec in TASKS.values():
             print(f"  {spec.name:<11} {spec.description}")
-            for name, option in spec.options.items():
-                choices = f" [{'|'.join(map(str, option.choices))}]" if option.choices else ""
-                print(f"      {name}: {option.default!r}{choices}  {option.help}")
+            _print_fields(spec.options)
         print()
     if what in ("all", "methods"):
         print("methods (methods[].name, params):")
         for spec in METHODS.values():
             flags = (" (needs an EAGLE-3 head: eagle3_head)" if spec.head_kind == "eagle3" else " (needs a head)") if spec.needs_head else (" (transformers reference)" if spec.reference else "")
             print(f"  {spec.name:<17} {spec.description}{flags}")
-            for name, param in spec.params.items():
-                print(f"      {name}: {param.default!r}  {param.help}")
+            _print_fields(spec.params)
         print()
     if what in ("all", "suites"):
         print(f"suites ({suites_dir()}):")
@@ -253,11 +252,26 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_fields(fields: Mapping[str, Field]) -> None:
+    from harness.explain import default_text, values_text
+
+    for name, field in fields.items():
+        print(f"      {name}: {default_text(field)} [{values_text(field)}]  {field.help}")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from harness import backends
     from harness.config import expand, load_suite
     from harness.models import builtin_head_available
 
+    if args.explain:
+        from harness.explain import as_markdown, as_text, schema_tables
+
+        print((as_markdown if args.markdown else as_text)(schema_tables()), end="")
+    elif args.markdown:
+        raise ValueError("--markdown goes with --explain (python -m harness validate --explain --markdown)")
+    elif not args.suites:
+        raise ValueError("give one or more suite files (or names in suites/), or --explain to print the schema")
     status = EXIT_OK
     for path in args.suites:
         suite = load_suite(path)
@@ -377,9 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("what", nargs="?", default="all", choices=("all", "tasks", "methods", "suites"))
     ls.set_defaults(func=cmd_ls)
 
-    validate = commands.add_parser("validate", help="check suite files and show their cells",
-                                   description="Validate suite files; errors name the file, line, key path and allowed values.")
-    validate.add_argument("suites", nargs="+", metavar="SUITE")
+    validate = commands.add_parser("validate", help="check suite files and show their cells; --explain: the schema",
+                                   description="Validate suite files; errors name the file, line, key path and allowed values. "
+                                               "--explain prints every suite key, method parameter and task option.")
+    validate.add_argument("suites", nargs="*", metavar="SUITE")
+    validate.add_argument("--explain", action="store_true",
+                          help="print the schema: suite keys, model keys, each method's parameters and each task's options "
+                               "(type, default, allowed values or bounds, meaning)")
+    validate.add_argument("--markdown", action="store_true", help="with --explain: as the README's Markdown tables")
     validate.add_argument("--cells", action="store_true", help="list every cell id")
     backends.add_arguments(validate)  # checked as `run` would check them
     validate.set_defaults(func=cmd_validate)

@@ -6,47 +6,23 @@ of resumption; each has a `cell_id` that is a stable function of everything that
 outputs (not of the question limit, repeats, device or warm-up), so re-running a suite with a
 larger --limit reuses the finished work.
 
-Schema 1 (every key but `schema`, `name`, `models`, `tasks`, `methods` is optional):
+The schema is the dataclasses below: each YAML key is a field declared with `setting` (type,
+default, allowed values or bounds, help; eagle2.schema), the same description method parameters
+(eagle2.methods) and task options (harness.tasks) use. `python -m harness validate --explain`
+prints all of it; a minimal suite:
 
     schema: 1
-    name: mtbench                      # results go to results/<name>/ by default
-    description: ...
+    name: mtbench                      # runs go to runs/<name>/
     models:
-      - name: smollm2-135m             # the `model` column of the results; unique
-        source: embedded               # embedded | tiny-random-llama | folder | hub id | file.gguf
-        gguf_file: null                # a GGUF inside `source` (a folder or hub id)
-        revision: null                 # hub revision
-        dtype: auto                    # auto | float32 | float16 | bfloat16 | float64 (fp16, bf16, ...)
-        device: auto                   # auto (cuda if present, else cpu) | cpu | cuda | cuda:N | mps
-        device_map: null               # passed to transformers (e.g. auto); then `device` is ignored
-        compile: auto                  # auto | true | false: the static-shape, torch.compile'd engine path
-                                       # (auto: true on CUDA, and on a CPU in bf16/fp16, where it measured faster)
-        methods: null                  # the suite's methods this model runs (null = all), e.g. [vanilla]
-        head: random                   # null | random | builtin:NAME | folder | hub id (EAGLE-1/2 layout)
-        head_fallback: null            # used, with a warning, when `head` is a built-in not installed
-        eagle3_head: null              # the EAGLE-3 head (method eagle3): null | random | builtin:NAME | folder | hub id
-        chat_template: tokenizer       # tokenizer | a FastChat template (vicuna_v1.1, llama-2, ...)
-        system_message: null
+      - {name: smollm2-135m, source: embedded, head: builtin:smollm2-135m-instruct}
     tasks:
-      - name: mt_bench                 # the `task` column; unique; also the task type by default
-        type: mt_bench                 # mt_bench | questions | humaneval | gsm8k (harness ls)
-        limit: 8                       # first N questions (null = all)
-        select: spread                 # first | spread (round-robin over categories)
-        max_new_tokens: 128
-        ...                            # the task type's options (harness ls)
+      - {name: mt_bench, limit: 8, select: spread, max_new_tokens: 128}
     methods:
       - vanilla                        # a name alone, or:
       - name: eagle2
         params: {depth: 6, top_k: 10, total_tokens: 60}
         sweep: {depth: [4, 6, 8]}      # a grid: every combination becomes its own cells
-    sampling:
-      temperatures: [0.0, 1.0]         # a number or a list; 0 = greedy (exact argmax)
-      top_p: 1.0
-      top_k: 0
-    seeds: [0]                         # a number or a list; each seed is its own cell
-    repeats: 1                         # each question is generated this many times per cell
-    warmup: {generations: 1, max_new_tokens: 16}   # per model and method configuration
-    profile: true                      # split time into draft/verify/other (device sync per phase)
+    sampling: {temperatures: [0.0, 1.0]}
 
 Limits checked when a suite is read (`validate` and `run`): a UTF-8 file of at most 1 MiB whose
 aliases expand it to at most 20,000 YAML values (a "billion laughs" file is refused before it is
@@ -58,7 +34,6 @@ a head given as a local path must be a folder with a valid config.json.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
@@ -69,9 +44,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from eagle2.schema import Field, Registry, check_settings, fields_of, setting, suggestion
+
+if TYPE_CHECKING:
+    from eagle2.methods import MethodSpec
+    from harness.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +68,7 @@ MAX_NEW_TOKENS_BOUND = 1 << 17
 # Contexts of the built-in sources (max_position_embeddings): SmolLM2-135M-Instruct and the tiny
 # random Llama of harness.models (a test checks this one against the model).
 BUILTIN_CONTEXTS = {"embedded": 8192, "tiny-random-llama": 4096}
+_NULL = type(None)
 
 
 class SuiteError(ValueError):
@@ -100,34 +82,82 @@ class SuiteError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
+# Rules the types, choices and bounds of a setting cannot say (each raises naming what is allowed).
+
+
+def _check_label(value: str) -> None:
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"{value!r}: use letters, digits and _ . + - (it becomes part of cell ids and folder names)")
+
+
+def _check_schema_version(value: int) -> None:
+    if value != SCHEMA_VERSION:
+        raise ValueError(f"this harness reads schema {SCHEMA_VERSION}, got {value!r}")
+
+
+def _check_device(value: str) -> None:
+    if not DEVICE_PATTERN.match(value):
+        raise ValueError(f"{value!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+def _dtype_names() -> list[str]:
+    from eagle2.target import DTYPES
+
+    return ["auto", *DTYPES, "fp32", "fp64", "bf16", "fp16", "half"]
+
+
+def _check_chat_template(value: str) -> None:
+    if value == "tokenizer":
+        return
+    try:
+        from fastchat.conversation import conv_templates
+    except ImportError:
+        raise ValueError(f"{value!r} is a FastChat template, which needs the fschat package: pip install fschat") from None
+    names = ["tokenizer", *sorted(conv_templates)]
+    if value not in names:
+        raise ValueError(f"must be one of the allowed values, got {value!r}; {suggestion(value, names)}")
+
+
+def _check_head(value: str | None) -> None:
+    problem = None if value is None else head_problem(value)
+    if problem:
+        raise ValueError(problem)
+
+
+# ----------------------------------------------------------------------------------------------
 # The schema.
 
 
 # The model key that names the head of each head kind (eagle2.methods.HEAD_KINDS).
 HEAD_KEYS: Mapping[str, str] = MappingProxyType({"eagle": "head", "eagle3": "eagle3_head"})
+_HEAD_SPEC = "random | builtin:NAME | a folder | a hub id"
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str  # label in results (`model`)
-    source: str = "embedded"  # embedded | tiny-random-llama | local folder | hub id | x.gguf
-    gguf_file: str | None = None  # a GGUF file inside `source`
-    revision: str | None = None  # hub revision (branch, tag or commit)
-    dtype: str = "auto"  # auto | float32 | float16 | bfloat16 | float64 (and fp16/bf16/... aliases)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    device_map: str | None = None  # transformers device_map (e.g. "auto"); overrides `device`
-    head: str | None = None  # None | random | builtin:NAME | folder | hub id
-    head_fallback: str | None = None  # head used (with a warning) when a builtin `head` is not installed
-    eagle3_head: str | None = None  # EAGLE-3 head for method eagle3: None | random | builtin:NAME | folder | hub id
-    chat_template: str = "tokenizer"  # tokenizer | FastChat template name
-    system_message: str | None = None  # None = the template's default
-    # auto | true | false: run the engine's static-shape path (eagle2.static) with torch.compile;
-    # auto = true on CUDA (CUDA graphs) and for bf16/fp16 on a CPU; false for float32 on a CPU (see README).
-    compile: str | bool = "auto"
-    # Names of the suite's methods this model runs (None = all): e.g. a float32 model entry that runs
-    # only vanilla, so a report can state the fastest vanilla of the run across dtypes.
-    methods: tuple[str, ...] | None = None
-    gpus: int | None = None  # GPUs one copy of the model takes on a Ray/SLURM worker (None: 0 on cpu, else 1)
+    name: str = setting(str, "the `model` column of the results; unique", check=_check_label)
+    source: str = setting(str, "embedded | tiny-random-llama | a local folder | a hub id | a .gguf file", "embedded")
+    gguf_file: str | None = setting((str, _NULL), "a GGUF file inside `source` (a folder or hub id)", None)
+    revision: str | None = setting((str, _NULL), "hub revision (branch, tag or commit)", None)
+    dtype: str = setting(str, "auto: bfloat16 for the embedded model on CUDA and on CPUs with native bf16, else float32; "
+                         "hub models keep their checkpoint's", "auto", choices=_dtype_names)
+    device: str = setting(str, "auto: cuda if present, else cpu", "auto", check=_check_device, what="auto | cpu | cuda | cuda:N | mps")
+    device_map: str | None = setting((str, _NULL), "passed to transformers (e.g. auto); then `device` is ignored", None)
+    head: str | None = setting((str, _NULL), f"the EAGLE-1/2 draft head: {_HEAD_SPEC}", None, check=_check_head)
+    head_fallback: str | None = setting((str, _NULL), "used, with a warning, when `head` is a built-in that is not installed", None,
+                                        check=_check_head)
+    eagle3_head: str | None = setting((str, _NULL), f"the EAGLE-3 head (method eagle3): {_HEAD_SPEC}", None, check=_check_head)
+    chat_template: str = setting(str, "tokenizer (the tokenizer's own) or a FastChat template (vicuna_v1.1, llama-2, ...)",
+                                 "tokenizer", check=_check_chat_template, what="tokenizer | a FastChat template name")
+    system_message: str | None = setting((str, _NULL), "system prompt (null: the template's default)", None)
+    # The engine's static-shape path (eagle2.static) with torch.compile; harness.runner.resolve_compile says what auto means.
+    compile: str | bool = setting((str, bool), "the static-shape, torch.compile'd engine path; auto: true on CUDA, "
+                                  "and on a CPU in bf16/fp16", "auto", choices=("auto", True, False))
+    # e.g. a float32 entry that runs only vanilla, so a report can state the fastest vanilla of the run across dtypes.
+    methods: tuple[str, ...] | None = setting((list, _NULL), "the suite's methods this model runs (null: all)", None,
+                                              each=Field(str), non_empty=True, what="a non-empty list of method names")
+    gpus: int | None = setting((int, _NULL), "GPUs one copy of the model takes on a Ray/SLURM worker (null: 0 on cpu, else 1)",
+                               None, minimum=0)
 
     def identity(self) -> dict[str, Any]:
         """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
@@ -137,11 +167,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str  # label in results (`task`)
-    type: str  # key of harness.tasks.TASKS
-    limit: int | None = None  # questions to run (None = all)
-    select: str = "first"  # first | spread: which `limit` questions
-    max_new_tokens: int = 256
+    name: str = setting(str, "the `task` column of the results; unique; also the task type unless `type` is given",
+                        check=_check_label)
+    type: str = setting(str, "the task type (harness.tasks.TASKS)", default_text="the name")
+    limit: int | None = setting((int, _NULL), "the first N questions (null: all)", None, minimum=1)
+    select: str = setting(str, "which `limit` questions: first, or spread (round-robin over categories)", "first", choices=TASK_SELECT)
+    max_new_tokens: int = setting(int, "new tokens per answer (also below the model's context where known)", 256,
+                                  minimum=1, maximum=MAX_NEW_TOKENS_BOUND)
     options: Mapping[str, Any] = field(default_factory=dict)  # the type's options, defaults filled in
 
     def identity(self) -> dict[str, Any]:
@@ -151,9 +183,11 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    name: str  # key of eagle2.METHODS
-    params: Mapping[str, Any] = field(default_factory=dict)  # as written (unresolved)
-    sweep: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)  # parameter -> values
+    name: str = setting(str, "the method (eagle2.methods.METHODS)")
+    params: Mapping[str, Any] = setting((dict, _NULL), "the method's parameters, as written (unresolved)", {},
+                                        what="a mapping of parameter: value")
+    sweep: Mapping[str, tuple[Any, ...]] = setting((dict, _NULL), "a grid: every combination of the values is its own cells", {},
+                                                   what="a mapping of parameter: [values]")
 
     def grid(self) -> list[dict[str, Any]]:
         """Every parameter combination of the sweep, over the fixed params (sweep order as written)."""
@@ -164,34 +198,49 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    temperatures: tuple[float, ...] = (0.0,)  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0
+    temperatures: tuple[float, ...] = setting(list, "sampling temperatures; 0 = greedy (exact argmax)", (0.0,),
+                                              each=Field(float, minimum=0.0, what="a number >= 0"), single=True, non_empty=True,
+                                              what="a number or a list of numbers >= 0")
+    top_p: float = setting(float, "nucleus sampling: keep the most probable tokens up to this probability mass", 1.0,
+                           minimum=0, maximum=1, exclusive_minimum=True)
+    top_k: int = setting(int, "keep the k most probable tokens (0: all)", 0, minimum=0)
 
 
 @dataclass(frozen=True)
 class WarmupConfig:
-    generations: int = 1  # untimed generations per (model, method configuration) before its first timed one
-    max_new_tokens: int = 16
+    generations: int = setting(int, "untimed generations per (model, method configuration) before its first timed one", 1, minimum=0)
+    max_new_tokens: int = setting(int, "new tokens of each warm-up generation", 16, minimum=1)
 
 
 @dataclass(frozen=True)
 class Suite:
-    schema: int
-    name: str
-    models: tuple[ModelConfig, ...]
-    tasks: tuple[TaskConfig, ...]
-    methods: tuple[MethodConfig, ...]
-    description: str = ""
-    sampling: SamplingSettings = SamplingSettings()
-    seeds: tuple[int, ...] = (0,)
-    repeats: int = 1
-    warmup: WarmupConfig = WarmupConfig()
-    profile: bool = True  # per-phase timing (a device sync at each phase boundary; free on CPU)
+    schema: int = setting(int, "the schema version of the file", check=_check_schema_version, what=str(SCHEMA_VERSION))
+    name: str = setting(str, "the suite's name: runs go to `runs/<name>/`", check=_check_label)
+    models: tuple[ModelConfig, ...] = setting(list, "the models (models[] keys)", non_empty=True, what="a non-empty list")
+    tasks: tuple[TaskConfig, ...] = setting(list, "the tasks: a task type's name, or a mapping (tasks[] keys)",
+                                            non_empty=True, what="a non-empty list")
+    methods: tuple[MethodConfig, ...] = setting(list, "the methods: a method's name, or a mapping (methods[] keys)",
+                                                non_empty=True, what="a non-empty list")
+    description: str = setting(str, "one line, shown by `harness ls`", "")
+    sampling: SamplingSettings = setting(dict, "sampling settings (sampling keys)", SamplingSettings(),
+                                         keys=fields_of(SamplingSettings), what="a mapping with temperatures, top_p, top_k")
+    seeds: tuple[int, ...] = setting(list, "random seeds; each seed is its own cell", (0,), each=Field(int, minimum=0),
+                                     single=True, non_empty=True, what="a seed or a list of seeds")
+    repeats: int = setting(int, "each question is generated this many times per cell", 1, minimum=1)
+    warmup: WarmupConfig = setting(dict, "untimed warm-up per model and method configuration (warmup keys), "
+                                   "or just a number of generations", WarmupConfig(), keys=fields_of(WarmupConfig),
+                                   what="a mapping with generations, max_new_tokens (or a number of generations)")
+    profile: bool = setting(bool, "split time into draft/verify/other (a device sync at each phase boundary; free on a CPU)", True)
     path: str | None = None  # the file it was read from
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+
+SUITE_FIELDS = fields_of(Suite)
+MODEL_FIELDS = fields_of(ModelConfig)
+TASK_FIELDS = fields_of(TaskConfig)
+METHOD_FIELDS = fields_of(MethodConfig)
 
 
 @dataclass(frozen=True)
@@ -288,9 +337,8 @@ def _format_path(path: tuple) -> str:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
 
-
 class _Checker:
-    """Collects problems as `file:line: key.path: message`."""
+    """Collects problems as `line N: key.path: message`."""
 
     def __init__(self, file: str, lines: Mapping[tuple, int]) -> None:
         self.file = file
@@ -312,44 +360,12 @@ class _Checker:
         """In file order."""
         return [text for _, _, text in sorted(self._found)]
 
-    def keys(self, path: tuple, data: Mapping[str, Any], allowed: Sequence[str], required: Sequence[str] = ()) -> None:
-        for key in data:
-            if key not in allowed:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                self.error(path + (key,), f"unknown key {key!r}; {hint}allowed: {', '.join(allowed)}")
-        for key in required:
-            if key not in data:
-                self.error(path, f"missing required key {key!r}")
-
-    def value(self, path: tuple, value: Any, kinds: type | tuple[type, ...], *, choices: Sequence[Any] | None = None,
-              minimum: float | None = None, maximum: float | None = None, what: str | None = None) -> bool:
-        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        elif isinstance(value, int) and float in kinds and int not in kinds:
-            ok = True  # 1 is a fine temperature
-        else:
-            ok = isinstance(value, kinds)
-        if not ok:
-            names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-            self.error(path, f"must be {what or names}, got {value!r}")
-            return False
-        if isinstance(value, float) and not math.isfinite(value):
-            self.error(path, f"must be a finite number, got {value!r}")
-            return False
-        if choices is not None and value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            self.error(path, f"{value!r} is not allowed; {hint}allowed: {', '.join(map(str, choices))}")
-            return False
-        if minimum is not None and isinstance(value, (int, float)) and value < minimum:
-            self.error(path, f"must be >= {minimum}, got {value!r}")
-            return False
-        if maximum is not None and isinstance(value, (int, float)) and value > maximum:
-            self.error(path, f"must be <= {maximum}, got {value!r}")
-            return False
-        return True
+    def settings(self, path: tuple, data: Mapping[str, Any], fields: Mapping[str, Field], **how: Any) -> bool:
+        """Check a mapping against its fields (eagle2.schema.check_settings); True when all is well."""
+        found = check_settings(fields, data, **how)
+        for problem in found:
+            self.error(path + problem.path, problem.message)
+        return not found
 
 
 def _as_list(value: Any) -> list:
@@ -359,228 +375,111 @@ def _as_list(value: Any) -> list:
 # ----------------------------------------------------------------------------------------------
 # Validation: YAML data -> Suite.
 
-_TOP_KEYS = ("schema", "name", "description", "models", "tasks", "methods", "sampling", "seeds", "repeats", "warmup", "profile")
-_MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig))
-_TASK_COMMON = ("name", "type", "limit", "select", "max_new_tokens")
-_METHOD_KEYS = ("name", "params", "sweep")
-_SAMPLING_KEYS = ("temperatures", "top_p", "top_k")
-_WARMUP_KEYS = ("generations", "max_new_tokens")
 
-
-def _dtype_names() -> list[str]:
-    from eagle2.target import DTYPES
-
-    return ["auto", *DTYPES, "fp32", "fp64", "bf16", "fp16", "half"]
-
-
-def _chat_templates() -> list[str]:
-    from fastchat.conversation import conv_templates
-
-    return ["tokenizer", *sorted(conv_templates)]
-
-
-def _check_model(check: _Checker, path: tuple, data: Any) -> ModelConfig | None:
+def _check_model(check: _Checker, path: tuple, data: Any, methods: Registry[MethodSpec]) -> ModelConfig | None:
     if not isinstance(data, Mapping):
         check.error(path, f"a model must be a mapping with at least `name`, got {data!r}")
         return None
-    check.keys(path, data, _MODEL_KEYS, required=("name",))
-    fields = {}
-    for key in _MODEL_KEYS:
-        if key not in data:
-            continue
-        value = data[key]
-        if key == "name":
-            if check.value(path + (key,), value, str) and not NAME_PATTERN.match(value):
-                check.error(path + (key,), f"{value!r}: use letters, digits and _ . + - (it becomes part of cell ids)")
-        elif key == "dtype":
-            check.value(path + (key,), value, str, choices=_dtype_names())
-        elif key == "device":
-            if check.value(path + (key,), value, str) and not DEVICE_PATTERN.match(value):
-                check.error(path + (key,), f"{value!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps")
-        elif key == "chat_template":
-            if check.value(path + (key,), value, str) and value != "tokenizer":
-                try:
-                    names = _chat_templates()
-                except ImportError:
-                    check.error(path + (key,), f"{value!r} is a FastChat template, which needs the fschat package: pip install fschat")
-                else:
-                    check.value(path + (key,), value, str, choices=names)
-        elif key == "source":
-            check.value(path + (key,), value, str)
-        elif key in ("head", "head_fallback", "eagle3_head"):
-            if check.value(path + (key,), value, (str, type(None))) and value is not None:
-                problem = head_problem(value)
-                if problem:
-                    check.error(path + (key,), problem)
-        elif key == "compile":
-            if value not in ("auto", True, False):
-                check.error(path + (key,), f"{value!r} is not a compile setting; allowed: auto, true, false")
-        elif key == "methods":
-            from eagle2.methods import METHODS
-
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                check.error(path + (key,), f"a non-empty list of method names, got {value!r}")
-            else:
-                for index, name in enumerate(value):
-                    if name not in METHODS:
-                        close = difflib.get_close_matches(name, list(METHODS), n=1)
-                        hint = f"; did you mean {close[0]!r}?" if close else ""
-                        check.error(path + (key, index), f"unknown method {name!r}{hint} available: {', '.join(METHODS)}")
-                value = tuple(value)
-        elif key == "gpus":
-            check.value(path + (key,), value, (int, type(None)), minimum=0)
-        else:
-            check.value(path + (key,), value, (str, type(None)))
-        fields[key] = value
-    if "name" not in fields or not isinstance(fields.get("name"), str):
+    check.settings(path, data, MODEL_FIELDS)
+    listed = data.get("methods")
+    if isinstance(listed, list):
+        for index, name in enumerate(listed):
+            if isinstance(name, str) and name not in methods:
+                check.error(path + ("methods", index), methods.unknown(name))
+    if not isinstance(data.get("name"), str):
         return None
-    try:
-        return ModelConfig(**fields)
-    except TypeError:  # a wrong type already reported
-        return None
+    given = {key: value for key, value in data.items() if key in MODEL_FIELDS}
+    if isinstance(listed, list):
+        given["methods"] = tuple(listed)
+    return ModelConfig(**given)  # with a bad value too, so the checks across entries still run (the problems raise later)
 
 
-def _check_task(check: _Checker, path: tuple, data: Any) -> TaskConfig | None:
-    from harness.tasks import TASKS
-
+def _entry(check: _Checker, path: tuple, data: Any, what: str) -> Mapping[str, Any] | None:
+    """A tasks[] or methods[] entry as a mapping: a name alone stands for {name: NAME}."""
     if isinstance(data, str):
-        data = {"name": data}
+        return {"name": data}
     if not isinstance(data, Mapping):
-        check.error(path, f"a task must be a task name or a mapping with `name`, got {data!r}")
+        check.error(path, f"a {what} must be a {what} name or a mapping with `name`, got {data!r}")
+        return None
+    return data
+
+
+def _check_task(check: _Checker, path: tuple, data: Any, tasks: Registry[TaskSpec]) -> TaskConfig | None:
+    data = _entry(check, path, data, "task")
+    if data is None:
         return None
     task_type = data.get("type", data.get("name"))
-    if not isinstance(task_type, str) or task_type not in TASKS:
-        key = "type" if "type" in data else "name"
+    if not isinstance(task_type, str) or task_type not in tasks:
         if "name" not in data:
             check.error(path, "missing required key 'name'")
         else:
-            close = difflib.get_close_matches(str(task_type), list(TASKS), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            key = "type" if "type" in data else "name"
             extra = "" if key == "type" else " (or give `type` when `name` is a label)"
-            check.error(path + (key,), f"unknown task type {task_type!r}; {hint}available: {', '.join(TASKS)}{extra}")
+            check.error(path + (key,), tasks.unknown(task_type) + extra)
         return None
-    spec = TASKS[task_type]
-    check.keys(path, data, [*_TASK_COMMON, *spec.options], required=("name",))
-    ok = check.value(path + ("name",), data["name"], str)
-    if ok and not NAME_PATTERN.match(data["name"]):
-        check.error(path + ("name",), f"{data['name']!r}: use letters, digits and _ . + -")
-    limit = data.get("limit")
-    check.value(path + ("limit",), limit, (int, type(None)), minimum=1)
-    select = data.get("select", "first")
-    check.value(path + ("select",), select, str, choices=TASK_SELECT)
-    max_new = data.get("max_new_tokens", TaskConfig.max_new_tokens)
-    check.value(path + ("max_new_tokens",), max_new, int, minimum=1, maximum=MAX_NEW_TOKENS_BOUND)
+    spec = tasks[task_type]
+    check.settings(path, {**data, "type": task_type}, {**TASK_FIELDS, **spec.options}, needed_by=f"task type {task_type!r}")
     options = {}
     for name, option in spec.options.items():
         value = data.get(name, option.default)
-        if name in data:
-            check.value(path + (name,), value, option.kind, choices=option.choices, minimum=option.minimum)
-            if name == "categories" and isinstance(value, list) and not all(isinstance(v, str) for v in value):
-                check.error(path + (name,), f"must be a list of category names, got {value!r}")
         options[name] = tuple(value) if isinstance(value, list) else value
-    if task_type == "questions" and not options.get("path"):
-        check.error(path, "task type 'questions' needs `path`: a question file (question_id, category, turns)")
-    return TaskConfig(name=data["name"], type=task_type, limit=limit, select=select, max_new_tokens=max_new, options=options)
+    common = {key: data[key] for key in TASK_FIELDS if key in data}
+    return TaskConfig(**{**common, "type": task_type, "options": options})
 
 
-def _check_method(check: _Checker, path: tuple, data: Any) -> MethodConfig | None:
-    from eagle2.methods import METHODS
-
-    if isinstance(data, str):
-        data = {"name": data}
-    if not isinstance(data, Mapping):
-        check.error(path, f"a method must be a method name or a mapping with `name`, got {data!r}")
+def _check_method(check: _Checker, path: tuple, data: Any, methods: Registry[MethodSpec]) -> MethodConfig | None:
+    data = _entry(check, path, data, "method")
+    if data is None or not check.settings(path, data, METHOD_FIELDS):
         return None
-    check.keys(path, data, _METHOD_KEYS, required=("name",))
-    name = data.get("name")
-    if name is None:
+    name = data["name"]
+    if name not in methods:
+        check.error(path + ("name",), methods.unknown(name))
         return None
-    if not check.value(path + ("name",), name, str, choices=list(METHODS)):
-        return None
-    spec = METHODS[name]
+    spec = methods[name]
     params = data.get("params") or {}
     sweep = data.get("sweep") or {}
-    if not check.value(path + ("params",), params, dict, what="a mapping of parameter: value"):
-        return None
-    if not check.value(path + ("sweep",), sweep, dict, what="a mapping of parameter: [values]"):
-        return None
-    allowed = list(spec.params)
-    good = True
-    for section, values in (("params", params), ("sweep", sweep)):
-        for key in values:
-            if key not in spec.params:
-                close = difflib.get_close_matches(str(key), allowed, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                check.error(path + (section, key), f"method {name!r} has no parameter {key!r}; {hint}allowed: {', '.join(allowed) or 'none'}")
-                good = False
-    for key, values in sweep.items():
-        if not isinstance(values, list) or not values:
-            check.error(path + ("sweep", key), f"a sweep needs a non-empty list of values, got {values!r}")
-            good = False
-        elif key in params:
+    owner = f"method {name!r}"
+    good = check.settings(path + ("params",), params, spec.params, owner=owner, noun="parameter")
+    swept = {key: Field(list, (), each=value, non_empty=True, what="a non-empty list of values to sweep") for key, value in spec.params.items()}
+    good = check.settings(path + ("sweep",), sweep, swept, owner=owner, noun="parameter") and good
+    for key in sweep:
+        if key in params:
             check.error(path + ("sweep", key), f"{key!r} is both in params and in sweep; keep one")
             good = False
-    if not good:
-        return None
-    method = MethodConfig(name=name, params=dict(params), sweep={k: tuple(v) for k, v in sweep.items()})
-    for combo in method.grid():
-        try:
-            spec.resolve(combo)
-        except (KeyError, ValueError) as error:
-            key = next((k for k in combo if _fails_alone(spec, k, combo[k])), None)
-            section = "sweep" if key in sweep else "params"
-            message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-            if key is not None and repr(key) not in message:
-                message = f"method {name!r} parameter {key!r}: {message}"
-            check.error(path + ((section, key) if key else ()), message)
-            return None
-    return method
+    return MethodConfig(name=name, params=dict(params), sweep={k: tuple(v) for k, v in sweep.items()}) if good else None
 
 
-def _fails_alone(spec: Any, key: str, value: Any) -> bool:
-    try:
-        spec.resolve({key: value})
-    except (KeyError, ValueError):
-        return True
-    return False
-
-
-def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int] | None = None) -> Suite:
-    """Validate YAML data into a Suite; raises SuiteError listing every problem found."""
+def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int] | None = None, *,
+                    methods: Registry[MethodSpec] | None = None, tasks: Registry[TaskSpec] | None = None) -> Suite:
+    """Validate YAML data into a Suite; raises SuiteError listing every problem found. `methods` and
+    `tasks` are the registries names are looked up in (default: eagle2.methods.METHODS, harness.tasks.TASKS)."""
+    if methods is None:
+        from eagle2.methods import METHODS as methods
+    if tasks is None:
+        from harness.tasks import TASKS as tasks
     check = _Checker(path, lines or {})
     if not isinstance(data, Mapping):
         raise SuiteError(path, [f"a suite is a mapping with schema, name, models, tasks and methods; got {type(data).__name__}"])
-    check.keys((), data, _TOP_KEYS, required=("schema", "name", "models", "tasks", "methods"))
-    schema = data.get("schema")
-    if "schema" in data and schema != SCHEMA_VERSION:
-        check.error(("schema",), f"this harness reads schema {SCHEMA_VERSION}, got {schema!r}")
-    name = data.get("name", "")
-    if "name" in data and check.value(("name",), name, str) and not NAME_PATTERN.match(name):
-        check.error(("name",), f"{name!r}: use letters, digits and _ . + - (it names the output folder)")
-    description = data.get("description", "")
-    check.value(("description",), description, str)
+    warmup = data.get("warmup")
+    if isinstance(warmup, int) and not isinstance(warmup, bool):
+        data = {**data, "warmup": {"generations": warmup}}
+    check.settings((), data, SUITE_FIELDS)
 
-    def items(key: str, parse) -> list:
+    def entries(key: str, parse, registry: Registry) -> list:
         raw = data.get(key)
-        if key not in data:
-            return []
-        if not isinstance(raw, list) or not raw:
-            check.error((key,), f"must be a non-empty list, got {raw!r}")
-            return []
-        return [parse(check, (key, index), item) for index, item in enumerate(raw)]
+        return [parse(check, (key, index), item, registry) for index, item in enumerate(raw)] if isinstance(raw, list) else []
 
-    models = items("models", _check_model)
-    tasks = items("tasks", _check_task)
-    methods = items("methods", _check_method)
-    for key, parsed in (("models", models), ("tasks", tasks)):
+    models = entries("models", _check_model, methods)
+    task_entries = entries("tasks", _check_task, tasks)
+    method_entries = entries("methods", _check_method, methods)
+    for key, parsed in (("models", models), ("tasks", task_entries)):
         names = [p.name for p in parsed if p is not None]
         for index, item in enumerate(parsed):
             if item is not None and names.count(item.name) > 1:
                 check.error((key, index, "name"), f"{item.name!r} is used by more than one entry of {key}; names must be unique")
-    from eagle2.methods import METHODS
 
     for kind, key in HEAD_KEYS.items():
-        needing = [(i, m.name) for i, m in enumerate(methods) if m is not None and METHODS[m.name].head_kind == kind]
+        needing = [(i, m.name) for i, m in enumerate(method_entries) if m is not None and methods[m.name].head_kind == kind]
         for index, model in enumerate(models):
             own = [(i, name) for i, name in needing if model is None or model.methods is None or name in model.methods]
             if model is not None and getattr(model, key) is None and own:
@@ -590,7 +489,7 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
                             f"model {model.name!r} has no {what} but methods[{method_index}] ({method_name}) needs one; "
                             f"set {key}: random, builtin:NAME, a folder or a hub id{layout}")
 
-    for task_index, task in enumerate(tasks):
+    for task_index, task in enumerate(task_entries):
         if task is None:
             continue
         for model in models:
@@ -598,61 +497,20 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
             if problem:
                 check.error(("tasks", task_index, "max_new_tokens"), problem)
 
-    sampling = SamplingSettings()
-    raw_sampling = data.get("sampling", {})
-    if check.value(("sampling",), raw_sampling, dict, what="a mapping with temperatures, top_p, top_k"):
-        check.keys(("sampling",), raw_sampling, _SAMPLING_KEYS)
-        temps = _as_list(raw_sampling.get("temperatures", [0.0]))
-        good = bool(temps)
-        if not temps:
-            check.error(("sampling", "temperatures"), "needs at least one temperature")
-        for index, temp in enumerate(temps):
-            good = check.value(("sampling", "temperatures", index), temp, float, minimum=0.0, what="a number >= 0") and good
-        top_p = raw_sampling.get("top_p", 1.0)
-        top_k = raw_sampling.get("top_k", 0)
-        good = check.value(("sampling", "top_p"), top_p, float, minimum=0.0, maximum=1.0) and good
-        if isinstance(top_p, (int, float)) and not isinstance(top_p, bool) and top_p <= 0:
-            check.error(("sampling", "top_p"), f"must be in (0, 1], got {top_p!r}")
-            good = False
-        good = check.value(("sampling", "top_k"), top_k, int, minimum=0) and good
-        if good:
-            sampling = SamplingSettings(tuple(float(t) for t in temps), float(top_p), int(top_k))
-    seeds = _as_list(data.get("seeds", [0]))
-    if not seeds:
-        check.error(("seeds",), "needs at least one seed")
-    for index, seed in enumerate(seeds):
-        check.value(("seeds", index) if isinstance(data.get("seeds"), list) else ("seeds",), seed, int, minimum=0)
-    repeats = data.get("repeats", 1)
-    check.value(("repeats",), repeats, int, minimum=1)
-    warmup = WarmupConfig()
-    raw_warmup = data.get("warmup", {})
-    if isinstance(raw_warmup, int) and not isinstance(raw_warmup, bool):
-        raw_warmup = {"generations": raw_warmup}
-    if check.value(("warmup",), raw_warmup, dict, what="a mapping with generations, max_new_tokens (or a number of generations)"):
-        check.keys(("warmup",), raw_warmup, _WARMUP_KEYS)
-        gens = raw_warmup.get("generations", 1)
-        tokens = raw_warmup.get("max_new_tokens", 16)
-        if check.value(("warmup", "generations"), gens, int, minimum=0) & check.value(("warmup", "max_new_tokens"), tokens, int, minimum=1):
-            warmup = WarmupConfig(gens, tokens)
-    profile = data.get("profile", True)
-    check.value(("profile",), profile, bool)
-
     if check.problems:
         raise SuiteError(path, check.problems)
-    return Suite(
-        schema=schema,
-        name=name,
-        description=description,
-        models=tuple(models),
-        tasks=tuple(tasks),
-        methods=tuple(methods),
-        sampling=sampling,
-        seeds=tuple(int(s) for s in seeds),
-        repeats=repeats,
-        warmup=warmup,
-        profile=profile,
-        path=path,
-    )
+    given = {key: data[key] for key in SUITE_FIELDS if key in data}
+    sampling = SamplingSettings(**given.get("sampling", {}))
+    return Suite(**{
+        **given,
+        "models": tuple(models),
+        "tasks": tuple(task_entries),
+        "methods": tuple(method_entries),
+        "sampling": SamplingSettings(tuple(float(t) for t in _as_list(sampling.temperatures)), float(sampling.top_p), int(sampling.top_k)),
+        "seeds": tuple(int(s) for s in _as_list(given.get("seeds", SUITE_FIELDS["seeds"].default))),
+        "warmup": WarmupConfig(**given.get("warmup", {})),
+        "path": path,
+    })
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -873,9 +731,11 @@ def effective_head(model: ModelConfig, kind: str = "eagle") -> str | None:
     return model.head
 
 
-def expand(suite: Suite) -> list[Cell]:
-    """models x tasks x methods (x sweep grid) x temperatures x seeds, in that order; duplicates dropped."""
-    from eagle2.methods import METHODS
+def expand(suite: Suite, methods: Registry[MethodSpec] | None = None) -> list[Cell]:
+    """models x tasks x methods (x sweep grid) x temperatures x seeds, in that order; duplicates dropped.
+    `methods`: the registry the suite was validated with (default: eagle2.methods.METHODS)."""
+    if methods is None:
+        from eagle2.methods import METHODS as methods
 
     cells: list[Cell] = []
     seen: set[str] = set()
@@ -884,8 +744,9 @@ def expand(suite: Suite) -> list[Cell]:
             for method in suite.methods:
                 if model.methods is not None and method.name not in model.methods:
                     continue
+                spec = methods[method.name]
                 for params in method.grid():
-                    resolved = _plain(METHODS[method.name].resolve(params))
+                    resolved = _plain(spec.resolve(params))
                     for temperature in suite.sampling.temperatures:
                         for seed in suite.seeds:
                             cell = Cell(
@@ -898,7 +759,7 @@ def expand(suite: Suite) -> list[Cell]:
                                 top_k=suite.sampling.top_k,
                                 seed=seed,
                                 repeats=suite.repeats,
-                                head=effective_head(model, METHODS[method.name].head_kind) if METHODS[method.name].needs_head else None,
+                                head=effective_head(model, spec.head_kind) if spec.needs_head else None,
                             )
                             if cell.cell_id in seen:
                                 logger.warning("dropping a duplicate cell %s (the same method configuration is listed twice)", cell.cell_id)

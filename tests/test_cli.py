@@ -41,7 +41,7 @@ def test_validate_good_and_bad(tmp_path, capsys):
     bad.write_text("schema: 1\nname: x\nmodels: [{name: m, head: random}]\ntasks: [mt_bench]\nmethods: [eagel2]\n")
     assert main(["validate", str(bad)]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert str(bad) in err and "methods[0].name: 'eagel2' is not allowed; did you mean 'eagle2'?" in err
+    assert str(bad) in err and "line 5: methods[0].name: unknown method 'eagel2'; did you mean 'eagle2'? available: vanilla, eagle1" in err
 
 
 def test_bad_arguments_exit_2(capsys):

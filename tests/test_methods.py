@@ -6,12 +6,12 @@ from conftest import random_prompt
 
 
 def test_unknown_method_lists_the_available_ones():
-    with pytest.raises(KeyError, match="available: vanilla, eagle1, eagle2, eagle3"):
+    with pytest.raises(KeyError, match="unknown method 'eagle4'; did you mean 'eagle\\d'\\? available: vanilla, eagle1, eagle2, eagle3"):
         get_method("eagle4")
 
 
 def test_parameters_are_validated_with_allowed_values():
-    with pytest.raises(KeyError, match="no parameter 'topk'; allowed: depth, top_k, total_tokens"):
+    with pytest.raises(KeyError, match="method 'eagle2' has no parameter 'topk'; did you mean 'top_k'\\? allowed: depth, top_k, total_tokens"):
         METHODS["eagle2"].resolve({"topk": 3})
     with pytest.raises(ValueError, match="'depth' must be >= 1"):
         METHODS["eagle2"].resolve({"depth": 0})
@@ -64,7 +64,7 @@ def test_hf_generate_static_cache_decodes_like_vanilla(target):
 def test_hf_generate_compile_needs_a_static_cache(target):
     with pytest.raises(ValueError, match="needs cache='static'"):
         METHODS["hf_generate"].create(target, None, {"compile": True})
-    with pytest.raises(ValueError, match="'dynamic' or 'static'"):
+    with pytest.raises(ValueError, match="method 'hf_generate' parameter 'cache' must be one of the allowed values, got 'paged'; allowed: dynamic, static"):
         METHODS["hf_generate"].resolve({"cache": "paged"})
 
 
