@@ -105,16 +105,26 @@ def _build_vanilla(target, head, params) -> Decoder:
     return engine_decoder(target, None)
 
 
+def _draft_vocab(head, params) -> torch.Tensor | None:
+    """The head's draft vocabulary cut to its `draft_vocab_size` most frequent tokens (None: as the head has it)."""
+    size = params.get("draft_vocab_size", 0)
+    return head.ranked_draft_vocab(size) if size else None
+
+
 def _build_eagle1(target, head, params) -> Decoder:
     tree = params["tree"] if isinstance(params["tree"], str) else [list(p) for p in params["tree"]]
-    return engine_decoder(target, lambda: StaticTreeProposer(head, target, tree=tree))
+    draft_vocab = _draft_vocab(head, params)
+    return engine_decoder(target, lambda: StaticTreeProposer(head, target, tree=tree, draft_vocab=draft_vocab))
 
 
 def _build_dynamic_tree(target, head, params) -> Decoder:
     """EAGLE-2's dynamic tree over the given head (an EAGLE-1/2 head: eagle2; an EAGLE-3 head: eagle3)."""
+    draft_vocab = _draft_vocab(head, params)
     return engine_decoder(
         target,
-        lambda: DynamicTreeProposer(head, target, depth=params["depth"], top_k=params["top_k"], total_tokens=params["total_tokens"]),
+        lambda: DynamicTreeProposer(
+            head, target, depth=params["depth"], top_k=params["top_k"], total_tokens=params["total_tokens"], draft_vocab=draft_vocab
+        ),
     )
 
 
@@ -219,6 +229,15 @@ DYNAMIC_TREE_PARAMS: Mapping[str, Field] = MappingProxyType(
     }
 )
 
+# EAGLE-1/2 heads with a reduced draft vocabulary (FR-Spec style) can draft from fewer of its rows.
+DRAFT_VOCAB_SIZE = Field(
+    int, 0,
+    "draft only from the N most frequent tokens of the head's draft vocabulary (0 = all of it): fewer lm_head rows "
+    "per draft step (on a CPU most of a step's memory traffic) for rarer drafts; needs a head whose vocabulary carries counts",
+    minimum=0,
+    identity_at_default=False,
+)
+
 METHODS: Registry[MethodSpec] = Registry(
     "method",
     [
@@ -240,7 +259,8 @@ METHODS: Registry[MethodSpec] = Registry(
                     "a built-in tree (mc_sim_7b_63: EAGLE-1's default, 25 paths, 26 tokens verified) or a list of paths of child ranks",
                     check=_check_tree,
                     what=f"{' | '.join(builtin_tree_names())} | a list of paths",
-                )
+                ),
+                "draft_vocab_size": DRAFT_VOCAB_SIZE,
             },
             build=_build_eagle1,
             head_kind="eagle",
@@ -250,7 +270,7 @@ METHODS: Registry[MethodSpec] = Registry(
             description="EAGLE-2: expand the top_k most confident nodes per depth, each with top_k children; "
             "rerank all drafts by path confidence; verify the best total_tokens",
             needs_head=True,
-            params=DYNAMIC_TREE_PARAMS,
+            params={**DYNAMIC_TREE_PARAMS, "draft_vocab_size": DRAFT_VOCAB_SIZE},
             build=_build_dynamic_tree,
             head_kind="eagle",
         ),

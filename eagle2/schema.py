@@ -50,6 +50,9 @@ class Field:
     check: Callable[[Any], None] | None = None
     what: str | None = None  # how the accepted values read in messages and documentation ("a number >= 0")
     default_text: str | None = None  # the default in words, where it is not a value ("the name")
+    # False for a setting added after results existed whose default reproduces what they measured: at
+    # its default it is left out of a cell's identity, so those cell ids (and --resume) stay valid.
+    identity_at_default: bool = True
 
     @property
     def required(self) -> bool:

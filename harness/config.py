@@ -257,6 +257,8 @@ class Cell:
     seed: int
     repeats: int = 1
     head: str | None = None  # the head this cell uses: model.head, or head_fallback when a built-in is missing
+    # method_params left out of the identity (parameters at a default that keeps older cell ids; Field.identity_at_default)
+    params_outside_identity: tuple[str, ...] = ()
 
     def identity(self) -> dict[str, Any]:
         return _plain(
@@ -265,7 +267,7 @@ class Cell:
                 "head": self.head,
                 "task": self.task.identity(),
                 "method": self.method,
-                "method_params": dict(self.method_params),
+                "method_params": {k: v for k, v in self.method_params.items() if k not in self.params_outside_identity},
                 "temperature": float(self.temperature),
                 "top_p": float(self.top_p),
                 "top_k": int(self.top_k),
@@ -747,6 +749,10 @@ def expand(suite: Suite, methods: Registry[MethodSpec] | None = None) -> list[Ce
                 spec = methods[method.name]
                 for params in method.grid():
                     resolved = _plain(spec.resolve(params))
+                    outside_identity = tuple(
+                        name for name, value in resolved.items()
+                        if not spec.params[name].identity_at_default and value == spec.params[name].default
+                    )
                     for temperature in suite.sampling.temperatures:
                         for seed in suite.seeds:
                             cell = Cell(
@@ -754,6 +760,7 @@ def expand(suite: Suite, methods: Registry[MethodSpec] | None = None) -> list[Ce
                                 task=task,
                                 method=method.name,
                                 method_params=resolved,
+                                params_outside_identity=outside_identity,
                                 temperature=float(temperature),
                                 top_p=suite.sampling.top_p,
                                 top_k=suite.sampling.top_k,

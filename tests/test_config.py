@@ -73,7 +73,7 @@ def test_minimal_suite_defaults(tmp_path):
     cells = expand(suite)
     assert [c.method for c in cells] == ["vanilla", "eagle2"]
     # Resolved params: every default filled in.
-    assert set(cells[1].method_params) == {"depth", "top_k", "total_tokens"}
+    assert set(cells[1].method_params) == {"depth", "top_k", "total_tokens", "draft_vocab_size"}
 
 
 def test_sweep_expansion_order_and_count(tmp_path):

@@ -21,7 +21,7 @@ def test_parameters_are_validated_with_allowed_values():
         METHODS["eagle2"].resolve({"top_k": True})
     with pytest.raises(KeyError, match="built-in trees"):
         METHODS["eagle1"].resolve({"tree": "mc_sim_7b_64"})
-    assert METHODS["eagle2"].resolve({"top_k": 4}) == {"depth": 6, "top_k": 4, "total_tokens": 60}
+    assert METHODS["eagle2"].resolve({"top_k": 4}) == {"depth": 6, "top_k": 4, "total_tokens": 60, "draft_vocab_size": 0}
     assert METHODS["eagle1"].resolve({"tree": [[0], [0, 0]]})["tree"] == [[0], [0, 0]]
 
 
@@ -78,3 +78,36 @@ def test_hf_generate_compiled_static_cache_decodes_like_vanilla():
     decoder = METHODS["hf_generate"].create(target, None, {"cache": "static", "compile": True})
     for _ in range(2):  # the second call runs the compiled step
         assert decoder(prompt, max_new_tokens=12, sampling=SamplingConfig(), stop_token_ids=(), generator=None).output_ids == reference.output_ids
+
+
+def test_draft_vocab_size_drafts_from_the_most_frequent_tokens_and_stays_lossless(target):
+    from eagle2 import DynamicTreeProposer, generate
+    from eagle2.record import GREEDY
+    from conftest import random_prompt, tiny_head
+
+    head = tiny_head(target)
+    head.draft_vocab = torch.arange(0, target.vocab_size, 2)
+    head.draft_vocab_counts = torch.arange(head.draft_vocab.shape[0], 0, -1)  # the lowest ids are the most frequent
+    kept = set(head.ranked_draft_vocab(8).tolist())
+    assert kept == set(range(0, 16, 2))
+    prompt = random_prompt(target.vocab_size, 9, 3)
+    expected = generate(target, prompt, max_new_tokens=24).output_ids
+    for name, params in (("eagle2", {"depth": 4, "top_k": 3, "total_tokens": 10, "draft_vocab_size": 8}), ("eagle1", {"draft_vocab_size": 8})):
+        decode = METHODS[name].create(target, head, params)
+        record = decode(prompt, max_new_tokens=24, sampling=GREEDY, stop_token_ids=(), generator=None)
+        assert record.output_ids == expected
+    proposer = DynamicTreeProposer(head, target, depth=3, top_k=3, total_tokens=8, draft_vocab=head.ranked_draft_vocab(8))
+    proposer.begin(torch.tensor(prompt), torch.randn(len(prompt), target.hidden_size, dtype=target.dtype), 1)
+    assert set(proposer.propose(max_depth=3).tokens[1:].tolist()) <= kept
+
+
+def test_draft_vocab_size_keeps_older_cell_ids_at_its_default(tmp_path):
+    from harness.config import expand, suite_from_dict
+
+    def eagle2_cell(params):
+        suite = {"schema": 1, "name": "s", "models": [{"name": "m", "source": "x", "head": "random"}], "tasks": [{"name": "mt_bench"}], "methods": [{"name": "eagle2", "params": params}]}
+        return expand(suite_from_dict(suite))[0]
+
+    plain, explicit, cut = eagle2_cell({}), eagle2_cell({"draft_vocab_size": 0}), eagle2_cell({"draft_vocab_size": 4096})
+    assert plain.cell_id == explicit.cell_id and "draft_vocab_size" not in plain.identity()["method_params"]
+    assert cut.cell_id != plain.cell_id and cut.identity()["method_params"]["draft_vocab_size"] == 4096
