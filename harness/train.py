@@ -20,13 +20,29 @@ import os
 import platform
 import time
 from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from eagle2.train.prompts import EvalText
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")  # checked for overlap by default
+# Evaluation set -> (task type, its options): the texts come from harness.tasks' loaders, so the
+# files are the ones a benchmark run reads (sha256-checked against their pinned source).
+EVAL_SET_TASKS = {
+    "mt_bench": ("mt_bench", {}),
+    "gsm8k_test": ("gsm8k", {}),
+    "humaneval": ("humaneval", {"format": "completion"}),  # the bare prompt, not the chat instruction around it
+    "spec_bench": ("questions", {"path": "spec_bench/question.jsonl"}),
+}
+QUESTION_FIELDS = ("turns", "question", "prompt", "text", "instruction")  # read from --eval-questions files
 
 
 def default_data_dir() -> Path:
@@ -43,6 +59,63 @@ def load_target_and_chat(args: argparse.Namespace):
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     template = chat_template_for(loaded, args.chat_template)
     return loaded, TemplateChat(template, loaded.tokenizer)
+
+
+def eval_set_texts(name: str, data_dir: Path | None) -> list[EvalText]:
+    """Every user turn of a named evaluation set, labelled `<set>/<question id>[.<turn>]`."""
+    from eagle2.train.prompts import EvalText
+    from harness.tasks import DataSource, get_task
+
+    if name not in EVAL_SET_TASKS:
+        raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(EVAL_SET_TASKS)} (or give a question file with --eval-questions)")
+    task_type, options = EVAL_SET_TASKS[name]
+    spec = get_task(task_type)
+    try:
+        questions, _ = spec.load({**{key: option.default for key, option in spec.options.items()}, **options}, DataSource.from_env(data_dir))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"evaluation set {name}: {error}; the overlap check needs it (or leave it out with --eval-sets)") from None
+    numbered = name == "mt_bench"  # MT-bench labels always carry the turn (mt_bench/81.1), other sets only when a question has several
+    return [
+        EvalText(f"{name}/{question.question_id}" + (f".{turn}" if numbered or len(question.turns) > 1 else ""), text)
+        for question in questions
+        for turn, text in enumerate(question.turns, 1)
+    ]
+
+
+def question_file_texts(path: Path) -> list[EvalText]:
+    """Every question of an evaluation file given with --eval-questions (JSONL, or one JSON array):
+    each text in `turns` (Spec-Bench / MT-bench format) or the row's `question` / `prompt` / `text` /
+    `instruction` (+ `input`), labelled by the file (its folder's name for `question.jsonl`, e.g.
+    spec_bench, else its stem). A row with none of these fields is an error."""
+    from eagle2.train.prompts import EvalText, join_instruction
+
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation question file {path} does not exist")
+    label = path.parent.name if path.stem == "question" and path.parent.name else path.stem
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    found = []
+    for number, row in enumerate(rows):
+        item = row.get("question_id", row.get("task_id", row.get("id", number))) if isinstance(row, dict) else number
+        if isinstance(row, str):
+            texts = [row]
+        elif isinstance(row.get("turns"), list):
+            texts = [str(t) for t in row["turns"]]
+        else:
+            key = next((k for k in QUESTION_FIELDS[1:] if row.get(k)), None)
+            if key is None:
+                raise ValueError(f"{path}: row {number} has none of the question fields {', '.join(QUESTION_FIELDS)}; keys: {sorted(row)}")
+            texts = [join_instruction(str(row[key]), row.get("input") if key == "instruction" else None)]
+        found += [EvalText(f"{label}/{item}" + (f".{turn}" if len(texts) > 1 else ""), turn_text) for turn, turn_text in enumerate(texts, 1)]
+    if not found:
+        raise ValueError(f"evaluation question file {path} holds no questions")
+    return found
+
+
+def eval_texts(data_dir: Path | None, eval_sets: Sequence[str], eval_questions: Sequence[str] = ()) -> list[EvalText]:
+    """The texts training prompts must not overlap: the named evaluation sets, then the question files."""
+    texts = [item for name in eval_sets for item in eval_set_texts(name, data_dir)]
+    return texts + [item for path in eval_questions for item in question_file_texts(Path(path))]
 
 
 def progress_bar(total: int | None, desc: str, unit: str):
@@ -65,6 +138,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
         drop_overlapping=args.drop_overlapping,
         magpie=MagpieConfig(batch_size=args.magpie_batch_size, max_passage_tokens=args.max_passage_tokens),
     )
+    texts = eval_texts(Path(args.data_dir), config.eval_sets, config.eval_questions)  # before a model loads: a missing set fails at once
     target = chat = None
     magpie = sum(s.count or 0 for s in map(SourceSpec.parse, config.sources) if s.synthesised)
     if magpie:
@@ -72,7 +146,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
         target = loaded.target
     bar = progress_bar(magpie, "magpie", "prompt") if magpie else None
     started = time.perf_counter()
-    build_prompts(config, Path(args.work), Path(args.data_dir), target=target, chat=chat, progress=bar.update if bar else None)
+    build_prompts(config, Path(args.work), Path(args.data_dir), eval_texts=texts, target=target, chat=chat, progress=bar.update if bar else None)
     if bar:
         bar.close()
     logger.info("prompts stage took %.0f s", time.perf_counter() - started)
@@ -314,7 +388,7 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
                    help="add the default mix of every shared set and every synthesised kind for about TOTAL prompts (eagle2.train.mix.DEFAULT_MIX)")
     p.add_argument("--max-passage-tokens", type=int, default=384, help="passage kinds: length cap of the passage the target writes")
     p.add_argument("--data-dir", default=str(default_data_dir()), help="shared data folder (default $EAGLE2_DATA_DIR or ../shared/data)")
-    p.add_argument("--eval-sets", nargs="+", default=["mt_bench", "gsm8k_test", "humaneval"], help="named evaluation sets to check for overlap: mt_bench, gsm8k_test, humaneval, spec_bench (<data-dir>/spec_bench/question.jsonl)")
+    p.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), help="named evaluation sets to check for overlap, read by the benchmark's task loaders: mt_bench, gsm8k_test, humaneval, spec_bench (<data-dir>/spec_bench/question.jsonl)")
     p.add_argument("--eval-questions", action="append", default=[], metavar="FILE",
                    help="a further evaluation question file to keep out of training (repeatable): Spec-Bench/MT-bench question.jsonl "
                    "(turns), GSM8K (question), HumanEval (prompt) or rows with text/instruction")
