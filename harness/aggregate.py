@@ -654,6 +654,7 @@ class RunTables:
     failure_counts: pd.DataFrame  # unresolved failures per group and error type: GROUP_KEYS, error_type ("?" if none), n
     failure_examples: pd.DataFrame  # error_type, error: the first failure of each error type
     tasks: tuple[str, ...]  # in the order the run met them
+    question_ids: tuple[str, ...]  # every question with a record, in the order the run met them
     n_records: int
     n_failures: int  # unresolved failures
     manifests: tuple[dict[str, Any], ...]
@@ -688,6 +689,7 @@ def tabulate(run: RunData) -> RunTables:
         failure_counts=failure_counts,
         failure_examples=failures.drop_duplicates("error_type")[["error_type", "error"]].reset_index(drop=True),
         tasks=tuple(tasks),
+        question_ids=tuple(dict.fromkeys(records["question_id"])),
         n_records=len(records),
         n_failures=len(failures),
         manifests=run.manifests,

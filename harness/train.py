@@ -8,7 +8,9 @@ registry, chat templates, progress bars); the stages themselves live in the libr
     python -m harness train evaluate --head runs/smollm2-head/head --questions 40
     python -m harness train curve    --heads runs/smollm2-head/train/epochs/epoch-* --x epoch --out curve.json
 
-Every stage resumes: run the same command again after an interruption.
+Every stage resumes: run the same command again after an interruption. `evaluate` and `curve`
+measure with the benchmark's runner (a run folder that `python -m harness report` reads) and print
+numbers from its aggregated tables (harness.aggregate).
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import time
 from dataclasses import asdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -242,23 +245,129 @@ def cmd_train_eagle3(args: argparse.Namespace) -> None:
     logger.info("EAGLE-3 head written to %s (held-out accuracy by step: %s)", out, (summary["heldout"] or {}).get("accuracy_by_step"))
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from eagle2.train.evaluate import MethodConfig, measure, select_questions
-    from eagle2.train.io import atomic_write_json
-    from harness.models import load_head
+EVALUATE_METHODS = "vanilla | eagle1[:TREE] | eagle2[:DEPTH/TOPK/TOTAL]"
 
-    loaded, chat = load_target_and_chat(args)
-    head = load_head(args.head, loaded.target)
-    if args.full_vocab:
-        head.draft_vocab = None
-    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
-    questions = select_questions(question_file, args.questions)
-    methods = [MethodConfig.parse(m) for m in args.methods]
-    results = measure(loaded.target, head, chat, questions, methods, args.temperatures, max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+def suite_method(text: str) -> dict[str, Any]:
+    """A method as `train evaluate` and `train curve` write it (EVALUATE_METHODS), as a suite entry."""
+    name, _, rest = text.partition(":")
+    if name == "vanilla":
+        return {"name": "vanilla"}
+    if name == "eagle1":
+        return {"name": "eagle1", "params": {"tree": rest}} if rest else {"name": "eagle1"}
+    if name == "eagle2":
+        if not rest:
+            return {"name": "eagle2"}
+        parts = rest.split("/")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"method {text!r}: write eagle2:DEPTH/TOPK/TOTAL, e.g. eagle2:6/10/60")
+        return {"name": "eagle2", "params": dict(zip(("depth", "top_k", "total_tokens"), map(int, parts)))}
+    raise ValueError(f"unknown method {text!r}; use {' or '.join(EVALUATE_METHODS.split(' | '))}")
+
+
+def method_text(method: str, params: str) -> str:
+    """A summary row's method in the EVALUATE_METHODS notation, e.g. eagle2:6/10/60."""
+    from harness.aggregate import parse_params
+
+    values = parse_params(params)
+    if method == "eagle1":
+        return f"eagle1:{values['tree']}"
+    if method == "eagle2":
+        return f"eagle2:{values['depth']}/{values['top_k']}/{values['total_tokens']}"
+    return method
+
+
+def head_without_draft_vocab(spec: str, folder: Path) -> str:
+    """`--full-vocab`: a view of head `spec` (a folder or builtin:NAME) without its reduced draft
+    vocabulary, as a folder of links to every other file of the head."""
+    from eagle2.head import DRAFT_VOCAB_NAME
+    from harness.models import builtin_head_path
+
+    source = builtin_head_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else Path(spec)
+    if not source.is_dir():
+        raise ValueError(f"--full-vocab needs a head folder or builtin:NAME, got {spec!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.name != DRAFT_VOCAB_NAME:
+            (folder / file.name).symlink_to(file.resolve())
+    return str(folder)
+
+
+def measure_heads(args: argparse.Namespace, name: str, heads: Sequence[str], methods: Sequence[str], temperatures: Sequence[float]):
+    """Run `methods` with each head on MT-bench first turns (the harness runner: one model entry per
+    head, one run folder) and return the run's aggregated tables (harness.aggregate.RunTables).
+
+    The run folder is --run-dir, or runs/<name>/<UTC timestamp>; `python -m harness report` reads it.
+    """
+    from harness.aggregate import load_runs, tabulate
+    from harness.config import suite_from_dict
+    from harness.runner import RunOptions, default_output_dir, run_suite
+    from harness.tasks import DataSource
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    question_file = str(Path(args.question_file).resolve()) if args.question_file else "mt_bench/question.jsonl"
+    model = {"source": args.model, "dtype": args.dtype, "device": args.device or "auto", "chat_template": args.chat_template,
+             "compile": False}  # the engine's eager path, as a trained head is compared across runs
+    suite = suite_from_dict({
+        "schema": 1,
+        "name": name,
+        "description": f"python -m harness train {name.removeprefix('train-')}: heads on MT-bench first turns",
+        "models": [{**model, "name": f"head{number}" if len(heads) > 1 else "target", "head": head} for number, head in enumerate(heads, 1)],
+        "tasks": [{"name": "mt_bench", "type": "mt_bench", "path": question_file, "turns": 1, "limit": args.questions, "select": "spread",
+                   "max_new_tokens": args.max_new_tokens}],
+        "methods": [suite_method(text) for text in methods],
+        "sampling": {"temperatures": list(temperatures)},
+        "seeds": [args.seed],
+    }, path=f"harness train {name.removeprefix('train-')}")
+    run_dir = Path(args.run_dir) if args.run_dir else default_output_dir(suite)
+    summary = run_suite(suite, RunOptions(out_dir=run_dir, data=DataSource.from_env(args.data_dir), progress=False,
+                                          overrides={"threads": args.threads}))
+    if summary.failures:
+        raise RuntimeError(f"{summary.failures} generation(s) failed; see {run_dir / 'failures.jsonl'}")
+    logger.info("run folder: %s (python -m harness report %s)", run_dir, run_dir)
+    return tabulate(load_runs(run_dir))
+
+
+def method_results(tables, model: str) -> dict[str, dict[str, Any]]:
+    """`T=<t> <method>` -> τ, tokens, time, speed, acceptance by depth and the greedy lossless check
+    of one model entry, from the aggregated tables."""
+    summary, depth = tables.summary, tables.depth
+    results = {}
+    for row in summary[summary["model"] == model].sort_values("temperature", kind="stable").itertuples():
+        mine = depth[(depth["model"] == model) & (depth["method"] == row.method) & (depth["params"] == row.params)
+                     & (depth["temperature"] == row.temperature)].sort_values("depth")
+        result = {
+            "tau": row.tau,
+            "new_tokens": row.new_tokens,
+            "target_forwards": row.target_forwards,
+            "seconds": round(row.time_s, 1),
+            "tokens_per_s": row.tokens_per_s,
+            "speedup": None if not math.isfinite(row.speedup) else row.speedup,
+            # P(depth d accepted | its parent path was accepted), d = 1, 2, ...
+            "acceptance_by_depth": [round(alpha, 3) if reached else None for alpha, reached in zip(mine["alpha"], mine["reached"])],
+        }
+        if row.temperature == 0 and row.method != "vanilla" and row.lossless_compared:
+            result["greedy_mismatches_vs_vanilla"] = row.lossless_mismatches
+            result["greedy_near_ties"] = row.lossless_near_ties
+        results[f"T={row.temperature:g} {method_text(row.method, row.params)}"] = result
+    return results
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from eagle2.train.io import atomic_write_json
+
+    with tempfile.TemporaryDirectory(prefix="head-full-vocab-") as view:
+        head = head_without_draft_vocab(args.head, Path(view) / "head") if args.full_vocab else args.head
+        tables = measure_heads(args, "train-evaluate", [head], args.methods, args.temperatures)
+    results = method_results(tables, "target")
     report = {
         "head": args.head,
-        "draft_vocab": None if head.draft_vocab is None else int(head.draft_vocab.shape[0]),
-        "questions": [q["question_id"] for q in questions],
+        "full_vocab": args.full_vocab,
+        "run_dir": str(tables.run_dirs[0]),
+        "questions": list(tables.question_ids),
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "results": results,
@@ -292,21 +401,16 @@ def head_training_summary(spec: str) -> dict:
 
 def cmd_curve(args: argparse.Namespace) -> None:
     """tau of each head on the same questions, against distilled tokens / epochs, as JSON and a PNG."""
-    from eagle2.train.evaluate import MethodConfig, measure, select_questions
     from eagle2.train.io import atomic_write_json
-    from harness.models import load_head
 
     x_label, x_of = CURVE_X[args.x]
     summaries = [head_training_summary(spec) for spec in args.heads]
-    loaded, chat = load_target_and_chat(args)
-    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
-    questions = select_questions(question_file, args.questions)
-    method = MethodConfig.parse(args.method)
+    tables = measure_heads(args, "train-curve", args.heads, [args.method], [args.temperature])
     rows = []
-    for spec, summary in zip(args.heads, summaries):
-        head = load_head(spec, loaded.target)
-        results = measure(loaded.target, head, chat, questions, [method], [args.temperature], max_new_tokens=args.max_new_tokens, seed=args.seed)
-        result = results[f"T={args.temperature:g} {method.label()}"]
+    for number, (spec, summary) in enumerate(zip(args.heads, summaries), 1):
+        # One method at one temperature: one result per head, keyed `T=<t> <method>`.
+        ((key, result),) = method_results(tables, f"head{number}" if len(args.heads) > 1 else "target").items()
+        method = key.split(" ", 1)[1]
         rows.append({
             "head": spec,
             "x": x_of(summary),
@@ -323,10 +427,11 @@ def cmd_curve(args: argparse.Namespace) -> None:
     report = {
         "x": args.x,
         "x_label": x_label,
-        "method": method.label(),
+        "method": method,
         "temperature": args.temperature,
-        "question_file": str(question_file),
-        "questions": [q["question_id"] for q in questions],
+        "question_file": args.question_file or "mt_bench/question.jsonl",
+        "run_dir": str(tables.run_dirs[0]),
+        "questions": list(tables.question_ids),
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "rows": rows,
@@ -443,14 +548,15 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
 
     p = stages.add_parser("evaluate", help="acceptance length tau of a head on MT-bench first turns")
     p.add_argument("--head", required=True, help="head folder (official layout) or builtin:NAME")
-    p.add_argument("--questions", type=int, default=40, help="MT-bench questions, spread over the 80 (all categories)")
+    p.add_argument("--questions", type=int, default=40, help="MT-bench questions, spread over the categories (the suites' `select: spread`)")
     p.add_argument("--question-file", default=None, help="default: <data-dir>/mt_bench/question.jsonl")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--methods", nargs="+", default=["vanilla", "eagle1", "eagle2"], help="vanilla | eagle1[:TREE] | eagle2[:DEPTH/TOPK/TOTAL]")
+    p.add_argument("--methods", nargs="+", default=["vanilla", "eagle1", "eagle2"], help=EVALUATE_METHODS)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--run-dir", default=None, help="run folder of the measurement (default: runs/train-evaluate/<UTC timestamp>); `python -m harness report` reads it")
     p.add_argument("--full-vocab", action="store_true", help="draft over the whole vocabulary, ignoring the head's reduced draft vocabulary")
     add_model_arguments(p)
     p.set_defaults(func=cmd_evaluate)
@@ -466,6 +572,7 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSON report")
+    p.add_argument("--run-dir", default=None, help="run folder of the measurement (default: runs/train-curve/<UTC timestamp>); `python -m harness report` reads it")
     p.add_argument("--figure", default=None, help="PNG (default: the report's path with .png)")
     add_model_arguments(p)
     p.set_defaults(func=cmd_curve)
