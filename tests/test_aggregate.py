@@ -20,6 +20,7 @@ from harness.aggregate import (
     paired_speedup,
     parse_params,
     summarize,
+    tabulate,
 )
 
 
@@ -252,3 +253,18 @@ def test_audited_near_tie_is_explained_and_unexplained_stays_a_failure(tmp_path)
         e2 = row(summarize(load_runs(dirs), n_boot=50), "mtbench", "eagle2")
         assert (e2["lossless_compared"], e2["lossless_near_ties"], e2["lossless_mismatches"]) == (4, near_ties, mismatches)
         assert ("LOSSLESS CHECK FAILED" in e2["note"]) == bool(mismatches)
+
+
+def test_tabulate_holds_what_a_report_shows_without_records(run):
+    tables = tabulate(run)
+    assert tables.tasks == ("mtbench", "gsm8k") and tables.question_ids == ("q1", "q2", "q3")
+    assert (tables.n_records, tables.n_failures) == (15, 3)
+    assert tables.summary.equals(summarize(run))
+    # The one greedy output that leaves vanilla's, with where it leaves it.
+    assert tables.differences[["method", "question_id", "turn", "first_diff", "divergence"]].values.tolist() == [["eagle2", "q3", 1, 19, "unaudited"]]
+    counts = tables.failure_counts
+    assert counts[["task", "method", "temperature", "error_type", "n"]].values.tolist() == [
+        ["gsm8k", "eagle1", 0.0, "OutOfMemoryError", 2], ["mtbench", "eagle2", 1.0, "OutOfMemoryError", 1]]
+    assert list(tables.failure_examples["error_type"]) == ["OutOfMemoryError"]
+    # Per category, since a task has several (the fixture's q1 is writing, the others math).
+    assert set(tables.by_category["category"]) == {"math", "writing"} and set(tables.by_category["task"]) == {"mtbench", "gsm8k"}
