@@ -20,6 +20,16 @@ engine; the first prompt of every method is a warm-up and is not counted.
     python benchmarks/engine.py                        # embedded SmolLM2-135M, CPU, dtype auto, eager
     python benchmarks/engine.py --variants float32:eager,bfloat16:eager,bfloat16:compiled
     python benchmarks/engine.py --device cuda --variants bfloat16:eager,bfloat16:compiled --prompts 20 --max-new-tokens 256
+
+Not yet on the harness runner (issue 11: one measurement path; `train evaluate` and `train curve`
+already are). This script still times, tallies τ and checks losslessness in its own loop. Moving it
+needs, in harness.runner and the suite schema: a `static` setting of a model's `compile` (fixed
+shapes without torch.compile; today compile is auto | true | false), a cell order that interleaves
+model entries (variants) question by question with a rotating start, all of them loaded at once
+(today a model's cells finish before the next model loads), and an audit that takes its float32
+reference from a float32 model entry of the run when there is one. Then each variant becomes a
+model entry (dtype, compile), the run folder is read by `harness report` (fastest vanilla, memory
+floor, lossless counts) and this table is printed from aggregate.tabulate.
 """
 
 from __future__ import annotations

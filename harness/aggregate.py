@@ -579,3 +579,64 @@ def calibration_table(run: RunData) -> pd.DataFrame:
 def group_key(row: Mapping[str, Any]) -> str:
     """A stable string for a group, used as the key of baseline files: ``model|task|method|params|T=t``."""
     return f"{row['model']}|{row['task']}|{row['method']}|{row['params']}|T={float(row['temperature']):g}"
+
+
+# --------------------------------------------------------------------------- the tables of a report
+
+
+@dataclass(frozen=True)
+class RunTables:
+    """All a report shows of a run, aggregated: no per-record rows, no raw records.
+
+    Built by :func:`tabulate`; ``harness.report`` reads nothing else.
+    """
+
+    summary: pd.DataFrame  # summarize(run)
+    by_category: pd.DataFrame  # summarize(run, by=("category",)); empty unless some task has two or more categories
+    differences: pd.DataFrame  # lossless_table rows of greedy outputs that differ from their vanilla reference
+    depth: pd.DataFrame  # depth_table(run)
+    calibration: pd.DataFrame  # calibration_table(run)
+    failure_counts: pd.DataFrame  # unresolved failures per group and error type: GROUP_KEYS, error_type ("?" if none), n
+    failure_examples: pd.DataFrame  # error_type, error: the first failure of each error type
+    tasks: tuple[str, ...]  # in the order the run met them
+    question_ids: tuple[str, ...]  # every question with a record, in the order the run met them
+    n_records: int
+    n_failures: int  # unresolved failures
+    manifests: tuple[dict[str, Any], ...]
+    run_dirs: tuple[Path, ...]
+
+
+def tabulate(run: RunData) -> RunTables:
+    """The aggregated tables of ``run`` (see :class:`RunTables`)."""
+    summary = summarize(run)
+    records = run.records
+    if summary.empty:
+        tasks: list[str] = []
+    elif records.empty:
+        tasks = list(dict.fromkeys(summary["task"]))
+    else:
+        tasks = list(dict.fromkeys([*records["task"], *summary["task"]]))
+    has_categories = not records.empty and bool((records.groupby("task")["category"].nunique() > 1).any())
+    differences = lossless_table(records, run.audit)
+    if not differences.empty:
+        differences = differences[differences["has_reference"] & ~differences["match"]].reset_index(drop=True)
+    failures = run.failures
+    failure_counts = (
+        failures.assign(error_type=failures["error_type"].fillna("?"))
+        .groupby([*GROUP_KEYS, "error_type"], dropna=False).size().reset_index(name="n")
+    )
+    return RunTables(
+        summary=summary,
+        by_category=summarize(run, by=("category",)) if has_categories else pd.DataFrame(columns=[*GROUP_KEYS, "category"]),
+        differences=differences,
+        depth=depth_table(run),
+        calibration=calibration_table(run),
+        failure_counts=failure_counts,
+        failure_examples=failures.drop_duplicates("error_type")[["error_type", "error"]].reset_index(drop=True),
+        tasks=tuple(tasks),
+        question_ids=tuple(dict.fromkeys(records["question_id"])),
+        n_records=len(records),
+        n_failures=len(failures),
+        manifests=run.manifests,
+        run_dirs=run.run_dirs,
+    )

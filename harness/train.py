@@ -8,7 +8,9 @@ registry, chat templates, progress bars); the stages themselves live in the libr
     python -m harness train evaluate --head runs/smollm2-head/head --questions 40
     python -m harness train curve    --heads runs/smollm2-head/train/epochs/epoch-* --x epoch --out curve.json
 
-Every stage resumes: run the same command again after an interruption.
+Every stage resumes: run the same command again after an interruption. `evaluate` and `curve`
+measure with the benchmark's runner (a run folder that `python -m harness report` reads) and print
+numbers from its aggregated tables (harness.aggregate).
 """
 
 from __future__ import annotations
@@ -16,17 +18,34 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import time
 from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from eagle2.train.prompts import EvalText
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")  # checked for overlap by default
+# Evaluation set -> (task type, its options): the texts come from harness.tasks' loaders, so the
+# files are the ones a benchmark run reads (sha256-checked against their pinned source).
+EVAL_SET_TASKS = {
+    "mt_bench": ("mt_bench", {}),
+    "gsm8k_test": ("gsm8k", {}),
+    "humaneval": ("humaneval", {"format": "completion"}),  # the bare prompt, not the chat instruction around it
+    "spec_bench": ("questions", {"path": "spec_bench/question.jsonl"}),
+}
+QUESTION_FIELDS = ("turns", "question", "prompt", "text", "instruction")  # read from --eval-questions files
 
 
 def default_data_dir() -> Path:
@@ -43,6 +62,63 @@ def load_target_and_chat(args: argparse.Namespace):
     loaded = load_model(args.model, dtype=args.dtype, device=args.device)
     template = chat_template_for(loaded, args.chat_template)
     return loaded, TemplateChat(template, loaded.tokenizer)
+
+
+def eval_set_texts(name: str, data_dir: Path | None) -> list[EvalText]:
+    """Every user turn of a named evaluation set, labelled `<set>/<question id>[.<turn>]`."""
+    from eagle2.train.prompts import EvalText
+    from harness.tasks import DataSource, get_task
+
+    if name not in EVAL_SET_TASKS:
+        raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(EVAL_SET_TASKS)} (or give a question file with --eval-questions)")
+    task_type, options = EVAL_SET_TASKS[name]
+    spec = get_task(task_type)
+    try:
+        questions, _ = spec.load({**{key: option.default for key, option in spec.options.items()}, **options}, DataSource.from_env(data_dir))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"evaluation set {name}: {error}; the overlap check needs it (or leave it out with --eval-sets)") from None
+    numbered = name == "mt_bench"  # MT-bench labels always carry the turn (mt_bench/81.1), other sets only when a question has several
+    return [
+        EvalText(f"{name}/{question.question_id}" + (f".{turn}" if numbered or len(question.turns) > 1 else ""), text)
+        for question in questions
+        for turn, text in enumerate(question.turns, 1)
+    ]
+
+
+def question_file_texts(path: Path) -> list[EvalText]:
+    """Every question of an evaluation file given with --eval-questions (JSONL, or one JSON array):
+    each text in `turns` (Spec-Bench / MT-bench format) or the row's `question` / `prompt` / `text` /
+    `instruction` (+ `input`), labelled by the file (its folder's name for `question.jsonl`, e.g.
+    spec_bench, else its stem). A row with none of these fields is an error."""
+    from eagle2.train.prompts import EvalText, join_instruction
+
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation question file {path} does not exist")
+    label = path.parent.name if path.stem == "question" and path.parent.name else path.stem
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    found = []
+    for number, row in enumerate(rows):
+        item = row.get("question_id", row.get("task_id", row.get("id", number))) if isinstance(row, dict) else number
+        if isinstance(row, str):
+            texts = [row]
+        elif isinstance(row.get("turns"), list):
+            texts = [str(t) for t in row["turns"]]
+        else:
+            key = next((k for k in QUESTION_FIELDS[1:] if row.get(k)), None)
+            if key is None:
+                raise ValueError(f"{path}: row {number} has none of the question fields {', '.join(QUESTION_FIELDS)}; keys: {sorted(row)}")
+            texts = [join_instruction(str(row[key]), row.get("input") if key == "instruction" else None)]
+        found += [EvalText(f"{label}/{item}" + (f".{turn}" if len(texts) > 1 else ""), turn_text) for turn, turn_text in enumerate(texts, 1)]
+    if not found:
+        raise ValueError(f"evaluation question file {path} holds no questions")
+    return found
+
+
+def eval_texts(data_dir: Path | None, eval_sets: Sequence[str], eval_questions: Sequence[str] = ()) -> list[EvalText]:
+    """The texts training prompts must not overlap: the named evaluation sets, then the question files."""
+    texts = [item for name in eval_sets for item in eval_set_texts(name, data_dir)]
+    return texts + [item for path in eval_questions for item in question_file_texts(Path(path))]
 
 
 def progress_bar(total: int | None, desc: str, unit: str):
@@ -65,6 +141,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
         drop_overlapping=args.drop_overlapping,
         magpie=MagpieConfig(batch_size=args.magpie_batch_size, max_passage_tokens=args.max_passage_tokens),
     )
+    texts = eval_texts(Path(args.data_dir), config.eval_sets, config.eval_questions)  # before a model loads: a missing set fails at once
     target = chat = None
     magpie = sum(s.count or 0 for s in map(SourceSpec.parse, config.sources) if s.synthesised)
     if magpie:
@@ -72,7 +149,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
         target = loaded.target
     bar = progress_bar(magpie, "magpie", "prompt") if magpie else None
     started = time.perf_counter()
-    build_prompts(config, Path(args.work), Path(args.data_dir), target=target, chat=chat, progress=bar.update if bar else None)
+    build_prompts(config, Path(args.work), Path(args.data_dir), eval_texts=texts, target=target, chat=chat, progress=bar.update if bar else None)
     if bar:
         bar.close()
     logger.info("prompts stage took %.0f s", time.perf_counter() - started)
@@ -168,23 +245,129 @@ def cmd_train_eagle3(args: argparse.Namespace) -> None:
     logger.info("EAGLE-3 head written to %s (held-out accuracy by step: %s)", out, (summary["heldout"] or {}).get("accuracy_by_step"))
 
 
-def cmd_evaluate(args: argparse.Namespace) -> None:
-    from eagle2.train.evaluate import MethodConfig, measure, select_questions
-    from eagle2.file_io import write_json_atomic
-    from harness.models import load_head
+EVALUATE_METHODS = "vanilla | eagle1[:TREE] | eagle2[:DEPTH/TOPK/TOTAL]"
 
-    loaded, chat = load_target_and_chat(args)
-    head = load_head(args.head, loaded.target)
-    if args.full_vocab:
-        head.draft_vocab = None
-    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
-    questions = select_questions(question_file, args.questions)
-    methods = [MethodConfig.parse(m) for m in args.methods]
-    results = measure(loaded.target, head, chat, questions, methods, args.temperatures, max_new_tokens=args.max_new_tokens, seed=args.seed)
+
+def suite_method(text: str) -> dict[str, Any]:
+    """A method as `train evaluate` and `train curve` write it (EVALUATE_METHODS), as a suite entry."""
+    name, _, rest = text.partition(":")
+    if name == "vanilla":
+        return {"name": "vanilla"}
+    if name == "eagle1":
+        return {"name": "eagle1", "params": {"tree": rest}} if rest else {"name": "eagle1"}
+    if name == "eagle2":
+        if not rest:
+            return {"name": "eagle2"}
+        parts = rest.split("/")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"method {text!r}: write eagle2:DEPTH/TOPK/TOTAL, e.g. eagle2:6/10/60")
+        return {"name": "eagle2", "params": dict(zip(("depth", "top_k", "total_tokens"), map(int, parts)))}
+    raise ValueError(f"unknown method {text!r}; use {' or '.join(EVALUATE_METHODS.split(' | '))}")
+
+
+def method_text(method: str, params: str) -> str:
+    """A summary row's method in the EVALUATE_METHODS notation, e.g. eagle2:6/10/60."""
+    from harness.aggregate import parse_params
+
+    values = parse_params(params)
+    if method == "eagle1":
+        return f"eagle1:{values['tree']}"
+    if method == "eagle2":
+        return f"eagle2:{values['depth']}/{values['top_k']}/{values['total_tokens']}"
+    return method
+
+
+def head_without_draft_vocab(spec: str, folder: Path) -> str:
+    """`--full-vocab`: a view of head `spec` (a folder or builtin:NAME) without its reduced draft
+    vocabulary, as a folder of links to every other file of the head."""
+    from eagle2.head import DRAFT_VOCAB_NAME
+    from harness.models import builtin_head_path
+
+    source = builtin_head_path(spec.removeprefix("builtin:")) if spec.startswith("builtin:") else Path(spec)
+    if not source.is_dir():
+        raise ValueError(f"--full-vocab needs a head folder or builtin:NAME, got {spec!r}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in source.iterdir():
+        if file.name != DRAFT_VOCAB_NAME:
+            (folder / file.name).symlink_to(file.resolve())
+    return str(folder)
+
+
+def measure_heads(args: argparse.Namespace, name: str, heads: Sequence[str], methods: Sequence[str], temperatures: Sequence[float]):
+    """Run `methods` with each head on MT-bench first turns (the harness runner: one model entry per
+    head, one run folder) and return the run's aggregated tables (harness.aggregate.RunTables).
+
+    The run folder is --run-dir, or runs/<name>/<UTC timestamp>; `python -m harness report` reads it.
+    """
+    from harness.aggregate import load_runs, tabulate
+    from harness.config import suite_from_dict
+    from harness.runner import RunOptions, default_output_dir, run_suite
+    from harness.tasks import DataSource
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    question_file = str(Path(args.question_file).resolve()) if args.question_file else "mt_bench/question.jsonl"
+    model = {"source": args.model, "dtype": args.dtype, "device": args.device or "auto", "chat_template": args.chat_template,
+             "compile": False}  # the engine's eager path, as a trained head is compared across runs
+    suite = suite_from_dict({
+        "schema": 1,
+        "name": name,
+        "description": f"python -m harness train {name.removeprefix('train-')}: heads on MT-bench first turns",
+        "models": [{**model, "name": f"head{number}" if len(heads) > 1 else "target", "head": head} for number, head in enumerate(heads, 1)],
+        "tasks": [{"name": "mt_bench", "type": "mt_bench", "path": question_file, "turns": 1, "limit": args.questions, "select": "spread",
+                   "max_new_tokens": args.max_new_tokens}],
+        "methods": [suite_method(text) for text in methods],
+        "sampling": {"temperatures": list(temperatures)},
+        "seeds": [args.seed],
+    }, path=f"harness train {name.removeprefix('train-')}")
+    run_dir = Path(args.run_dir) if args.run_dir else default_output_dir(suite)
+    summary = run_suite(suite, RunOptions(out_dir=run_dir, data=DataSource.from_env(args.data_dir), progress=False,
+                                          overrides={"threads": args.threads}))
+    if summary.failures:
+        raise RuntimeError(f"{summary.failures} generation(s) failed; see {run_dir / 'failures.jsonl'}")
+    logger.info("run folder: %s (python -m harness report %s)", run_dir, run_dir)
+    return tabulate(load_runs(run_dir))
+
+
+def method_results(tables, model: str) -> dict[str, dict[str, Any]]:
+    """`T=<t> <method>` -> τ, tokens, time, speed, acceptance by depth and the greedy lossless check
+    of one model entry, from the aggregated tables."""
+    summary, depth = tables.summary, tables.depth
+    results = {}
+    for row in summary[summary["model"] == model].sort_values("temperature", kind="stable").itertuples():
+        mine = depth[(depth["model"] == model) & (depth["method"] == row.method) & (depth["params"] == row.params)
+                     & (depth["temperature"] == row.temperature)].sort_values("depth")
+        result = {
+            "tau": row.tau,
+            "new_tokens": row.new_tokens,
+            "target_forwards": row.target_forwards,
+            "seconds": round(row.time_s, 1),
+            "tokens_per_s": row.tokens_per_s,
+            "speedup": None if not math.isfinite(row.speedup) else row.speedup,
+            # P(depth d accepted | its parent path was accepted), d = 1, 2, ...
+            "acceptance_by_depth": [round(alpha, 3) if reached else None for alpha, reached in zip(mine["alpha"], mine["reached"])],
+        }
+        if row.temperature == 0 and row.method != "vanilla" and row.lossless_compared:
+            result["greedy_mismatches_vs_vanilla"] = row.lossless_mismatches
+            result["greedy_near_ties"] = row.lossless_near_ties
+        results[f"T={row.temperature:g} {method_text(row.method, row.params)}"] = result
+    return results
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from eagle2.file_io import write_json_atomic
+
+    with tempfile.TemporaryDirectory(prefix="head-full-vocab-") as view:
+        head = head_without_draft_vocab(args.head, Path(view) / "head") if args.full_vocab else args.head
+        tables = measure_heads(args, "train-evaluate", [head], args.methods, args.temperatures)
+    results = method_results(tables, "target")
     report = {
         "head": args.head,
-        "draft_vocab": None if head.draft_vocab is None else int(head.draft_vocab.shape[0]),
-        "questions": [q["question_id"] for q in questions],
+        "full_vocab": args.full_vocab,
+        "run_dir": str(tables.run_dirs[0]),
+        "questions": list(tables.question_ids),
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "results": results,
@@ -218,21 +401,16 @@ def head_training_summary(spec: str) -> dict:
 
 def cmd_curve(args: argparse.Namespace) -> None:
     """tau of each head on the same questions, against distilled tokens / epochs, as JSON and a PNG."""
-    from eagle2.train.evaluate import MethodConfig, measure, select_questions
     from eagle2.file_io import write_json_atomic
-    from harness.models import load_head
 
     x_label, x_of = CURVE_X[args.x]
     summaries = [head_training_summary(spec) for spec in args.heads]
-    loaded, chat = load_target_and_chat(args)
-    question_file = Path(args.question_file) if args.question_file else Path(args.data_dir or default_data_dir()) / "mt_bench" / "question.jsonl"
-    questions = select_questions(question_file, args.questions)
-    method = MethodConfig.parse(args.method)
+    tables = measure_heads(args, "train-curve", args.heads, [args.method], [args.temperature])
     rows = []
-    for spec, summary in zip(args.heads, summaries):
-        head = load_head(spec, loaded.target)
-        results = measure(loaded.target, head, chat, questions, [method], [args.temperature], max_new_tokens=args.max_new_tokens, seed=args.seed)
-        result = results[f"T={args.temperature:g} {method.label()}"]
+    for number, (spec, summary) in enumerate(zip(args.heads, summaries), 1):
+        # One method at one temperature: one result per head, keyed `T=<t> <method>`.
+        ((key, result),) = method_results(tables, f"head{number}" if len(args.heads) > 1 else "target").items()
+        method = key.split(" ", 1)[1]
         rows.append({
             "head": spec,
             "x": x_of(summary),
@@ -249,10 +427,11 @@ def cmd_curve(args: argparse.Namespace) -> None:
     report = {
         "x": args.x,
         "x_label": x_label,
-        "method": method.label(),
+        "method": method,
         "temperature": args.temperature,
-        "question_file": str(question_file),
-        "questions": [q["question_id"] for q in questions],
+        "question_file": args.question_file or "mt_bench/question.jsonl",
+        "run_dir": str(tables.run_dirs[0]),
+        "questions": list(tables.question_ids),
         "max_new_tokens": args.max_new_tokens,
         "seed": args.seed,
         "rows": rows,
@@ -352,7 +531,7 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
                    help="add the default mix of every shared set and every synthesised kind for about TOTAL prompts (eagle2.train.mix.DEFAULT_MIX)")
     p.add_argument("--max-passage-tokens", type=int, default=384, help="passage kinds: length cap of the passage the target writes")
     p.add_argument("--data-dir", default=str(default_data_dir()), help="shared data folder (default $EAGLE2_DATA_DIR or ../shared/data)")
-    p.add_argument("--eval-sets", nargs="+", default=["mt_bench", "gsm8k_test", "humaneval"], help="named evaluation sets to check for overlap: mt_bench, gsm8k_test, humaneval, spec_bench (<data-dir>/spec_bench/question.jsonl)")
+    p.add_argument("--eval-sets", nargs="+", default=list(EVAL_SETS), help="named evaluation sets to check for overlap, read by the benchmark's task loaders: mt_bench, gsm8k_test, humaneval, spec_bench (<data-dir>/spec_bench/question.jsonl)")
     p.add_argument("--eval-questions", action="append", default=[], metavar="FILE",
                    help="a further evaluation question file to keep out of training (repeatable): Spec-Bench/MT-bench question.jsonl "
                    "(turns), GSM8K (question), HumanEval (prompt) or rows with text/instruction")
@@ -407,14 +586,15 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
 
     p = stages.add_parser("evaluate", help="acceptance length tau of a head on MT-bench first turns")
     p.add_argument("--head", required=True, help="head folder (official layout) or builtin:NAME")
-    p.add_argument("--questions", type=int, default=40, help="MT-bench questions, spread over the 80 (all categories)")
+    p.add_argument("--questions", type=int, default=40, help="MT-bench questions, spread over the categories (the suites' `select: spread`)")
     p.add_argument("--question-file", default=None, help="default: <data-dir>/mt_bench/question.jsonl")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--methods", nargs="+", default=["vanilla", "eagle1", "eagle2"], help="vanilla | eagle1[:TREE] | eagle2[:DEPTH/TOPK/TOTAL]")
+    p.add_argument("--methods", nargs="+", default=["vanilla", "eagle1", "eagle2"], help=EVALUATE_METHODS)
     p.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 1.0])
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--run-dir", default=None, help="run folder of the measurement (default: runs/train-evaluate/<UTC timestamp>); `python -m harness report` reads it")
     p.add_argument("--full-vocab", action="store_true", help="draft over the whole vocabulary, ignoring the head's reduced draft vocabulary")
     add_model_arguments(p)
     p.set_defaults(func=cmd_evaluate)
@@ -438,6 +618,7 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSON report")
+    p.add_argument("--run-dir", default=None, help="run folder of the measurement (default: runs/train-curve/<UTC timestamp>); `python -m harness report` reads it")
     p.add_argument("--figure", default=None, help="PNG (default: the report's path with .png)")
     add_model_arguments(p)
     p.set_defaults(func=cmd_curve)

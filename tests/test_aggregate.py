@@ -21,6 +21,7 @@ from harness.aggregate import (
     paired_speedup,
     parse_params,
     summarize,
+    tabulate,
 )
 from harness.results import write_jsonl_atomic
 
@@ -271,3 +272,18 @@ def test_the_committed_mtbench_run_aggregates_to_its_recorded_summary():
     assert (greedy["lossless_compared"] == 12).all() and (greedy["lossless_mismatches"] == 0).all()
     assert greedy.loc[("eagle2", "depth=5, top_k=4, total_tokens=16"), "speedup"] == pytest.approx(1.3093, abs=1e-4)
     assert greedy.loc[("eagle2", "depth=5, top_k=4, total_tokens=16"), "tau"] == pytest.approx(2.4227, abs=1e-4)
+
+
+def test_tabulate_holds_what_a_report_shows_without_records(run):
+    tables = tabulate(run)
+    assert tables.tasks == ("mtbench", "gsm8k") and tables.question_ids == ("q1", "q2", "q3")
+    assert (tables.n_records, tables.n_failures) == (15, 3)
+    assert tables.summary.equals(summarize(run))
+    # The one greedy output that leaves vanilla's, with where it leaves it.
+    assert tables.differences[["method", "question_id", "turn", "first_diff", "divergence"]].values.tolist() == [["eagle2", "q3", 1, 19, "unaudited"]]
+    counts = tables.failure_counts
+    assert counts[["task", "method", "temperature", "error_type", "n"]].values.tolist() == [
+        ["gsm8k", "eagle1", 0.0, "OutOfMemoryError", 2], ["mtbench", "eagle2", 1.0, "OutOfMemoryError", 1]]
+    assert list(tables.failure_examples["error_type"]) == ["OutOfMemoryError"]
+    # Per category, since a task has several (the fixture's q1 is writing, the others math).
+    assert set(tables.by_category["category"]) == {"math", "writing"} and set(tables.by_category["task"]) == {"mtbench", "gsm8k"}

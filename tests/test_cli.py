@@ -117,9 +117,14 @@ def test_train_stages_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert (head / "config.json").is_file() and (head / "model.safetensors").is_file()
     report = tmp_path / "eval.json"
     assert main(["-q", "train", "evaluate", "--head", str(head), "--questions", "2", "--max-new-tokens", "8", "--temperatures", "0",
-                 "--data-dir", str(DATA_DIR), "--out", str(report), *model]) == EXIT_OK
+                 "--data-dir", str(DATA_DIR), "--out", str(report), "--run-dir", str(tmp_path / "eval-run"), *model]) == EXIT_OK
     results = json.loads(report.read_text())["results"]
     assert results["T=0 eagle2:6/10/60"]["greedy_mismatches_vs_vanilla"] == 0
+    # The measurement is an ordinary run folder: its report states the same τ.
+    assert main(["-q", "report", str(tmp_path / "eval-run"), "--out", str(tmp_path / "eval-report")]) == EXIT_OK
+    tau = results["T=0 eagle2:6/10/60"]["tau"]
+    row = next(line for line in (tmp_path / "eval-report" / "report.md").read_text().splitlines() if line.startswith("| target | EAGLE-2 |"))
+    assert f"/ {tau:.2f}" in row
     # An evaluation prompt in the training file is refused with exit status 2, naming the flag that drops it.
     mt_bench_turn = json.loads((DATA_DIR / "mt_bench" / "question.jsonl").read_text().splitlines()[0])["turns"][0]
     prompts.write_text(json.dumps({"prompt": mt_bench_turn}) + "\n")

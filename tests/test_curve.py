@@ -28,7 +28,7 @@ def test_a_learning_curve_over_epochs_and_data_sizes(tmp_path: Path) -> None:
 
     report = tmp_path / "curve-epochs.json"
     evaluate = ["--questions", "2", "--max-new-tokens", "6", "--data-dir", str(DATA_DIR), *MODEL]
-    assert main(["-q", "train", "curve", "--heads", *map(str, epochs), "--x", "epoch", "--out", str(report), *evaluate]) == 0
+    assert main(["-q", "train", "curve", "--heads", *map(str, epochs), "--x", "epoch", "--out", str(report), "--run-dir", str(tmp_path / "run-epochs"), *evaluate]) == 0
     rows = json.loads(report.read_text())["rows"]
     assert [row["x"] for row in rows] == [1, 2] and all(row["tau"] >= 1.0 for row in rows)
     assert all(row["ttt_steps"] == 2 and len(row["heldout_step_top1"]) == 2 for row in rows)
@@ -36,10 +36,12 @@ def test_a_learning_curve_over_epochs_and_data_sizes(tmp_path: Path) -> None:
 
     figure = tmp_path / "figs" / "tokens.png"
     report = tmp_path / "curve-tokens.json"
-    assert main(["-q", "train", "curve", "--heads", str(tmp_path / "full"), str(tmp_path / "half"), "--x", "tokens", "--out", str(report), "--figure", str(figure), *evaluate]) == 0
+    assert main(["-q", "train", "curve", "--heads", str(tmp_path / "full"), str(tmp_path / "half"), "--x", "tokens", "--out", str(report), "--figure", str(figure),
+                 "--run-dir", str(tmp_path / "run-tokens"), *evaluate]) == 0
     rows = json.loads(report.read_text())["rows"]
     assert [row["head"] for row in rows] == [str(tmp_path / "half"), str(tmp_path / "full")]  # sorted by distilled tokens
     assert rows[0]["x"] < rows[1]["x"] and figure.is_file()
     # A head without training.json is named in the error.
     (tmp_path / "bare").mkdir()
-    assert main(["-q", "train", "curve", "--heads", str(tmp_path / "bare"), "--out", str(tmp_path / "x.json"), *evaluate]) != 0
+    assert main(["-q", "train", "curve", "--heads", str(tmp_path / "bare"), "--out", str(tmp_path / "x.json"), "--run-dir", str(tmp_path / "run-bare"), *evaluate]) != 0
+    assert not (tmp_path / "run-bare").exists()  # refused before anything ran

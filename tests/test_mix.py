@@ -14,6 +14,7 @@ from eagle2.train.distill import DistillConfig, distill, read_shard_metadata
 from eagle2.train.dataset import load_records
 from eagle2.train.mix import ALL_KINDS, FOLLOW_UPS, MAGPIE_KINDS, SHARED_KINDS, default_mix_sources, draw_seeds, join_opening
 from eagle2.train.prompts import SHARED_SETS, MagpieConfig, PromptsConfig, SourceSpec, Turn, build_prompts, read_prompts
+from harness.train import eval_texts
 from tests.test_train import CharChat, tiny_target
 
 
@@ -46,7 +47,8 @@ def test_a_tiny_mix_of_every_set_and_kind_is_built_counted_and_distilled(tmp_pat
     magpie = MagpieConfig(batch_size=8, max_query_tokens=16, min_chars=1, max_passage_tokens=24, min_passage_chars=1)
     config = PromptsConfig(sources=sources, eval_sets=("mt_bench", "gsm8k_test"), magpie=magpie)
     work = tmp_path / "work"
-    prompts = read_prompts(build_prompts(config, work, DATA_DIR, target=target, chat=chat))
+    texts = eval_texts(DATA_DIR, config.eval_sets)
+    prompts = read_prompts(build_prompts(config, work, DATA_DIR, eval_texts=texts, target=target, chat=chat))
     summary = json.loads((work / "prompts.summary.json").read_text())
     assert set(summary["by_kind"]) == set(ALL_KINDS)
     assert sum(summary["by_kind"].values()) == summary["prompts"] == len(prompts)

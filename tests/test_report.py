@@ -6,8 +6,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # the report itself never touches pyplot; this guards anything else the tests import
 
+import re
+from pathlib import Path
+
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 from results_fixture import write_run, write_sweep_run
 
 from harness.report import write_report
@@ -118,3 +122,17 @@ def test_only_vanilla_skips_figures_cleanly(tmp_path):
     for name in ("speedup_by_task", "tree_heatmap", "tau_vs_total_tokens", "acceptance_by_depth", "calibration"):
         assert f"- `{name}`:" in md
     assert "No manifest.json found" in md
+
+
+def _without_timestamp(markdown: str) -> str:
+    return re.sub(r"^Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC", "Generated <time>", markdown, count=1, flags=re.MULTILINE)
+
+
+def test_committed_mtbench_report_is_reproduced(tmp_path, monkeypatch):
+    """The committed run renders to the committed report, but for the time it was generated."""
+    monkeypatch.chdir(REPO_ROOT)  # the report names the run folder as given, and the committed one was given relatively
+    path = write_report([Path("results/mtbench")], tmp_path / "out")
+    committed = REPO_ROOT / "reports" / "mtbench"
+    assert _without_timestamp(path.read_text(encoding="utf-8")) == _without_timestamp((committed / "report.md").read_text(encoding="utf-8"))
+    assert (path.parent / "report.tex").read_text(encoding="utf-8") == (committed / "report.tex").read_text(encoding="utf-8")
+    assert sorted(p.name for p in (path.parent / "figures").iterdir()) == sorted(p.name for p in (committed / "figures").iterdir())

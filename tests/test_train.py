@@ -19,16 +19,17 @@ from eagle2.train.distill import DistillConfig, distill, read_shard_metadata
 from eagle2.train.generation import batched_generate
 from eagle2.train.prompts import (
     ContaminationError,
+    EvalIndex,
     MagpieConfig,
     PromptsConfig,
     SourceSpec,
     Turn,
-    build_eval_index,
     build_prompts,
     normalize,
     read_prompts,
 )
 from eagle2.train.trainer import TrainConfig, train
+from harness.train import EVAL_SETS, eval_texts, question_file_texts
 
 distill_module = importlib.import_module("eagle2.train.distill")
 
@@ -97,6 +98,11 @@ def data_dir(tmp_path: Path) -> Path:
     return root
 
 
+def prompts_stage(config: PromptsConfig, work: Path, data_dir: Path, **kwargs) -> Path:
+    """build_prompts with the evaluation texts the CLI gives it (harness.train.eval_texts)."""
+    return build_prompts(config, work, data_dir, eval_texts=eval_texts(data_dir, config.eval_sets, config.eval_questions), **kwargs)
+
+
 def write_prompt_file(path: Path, prompts: list[str]) -> Path:
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
     return path
@@ -123,7 +129,7 @@ def test_overlap_check_refuses_evaluation_prompts(tmp_path: Path, data_dir: Path
     prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", text])
     config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench", "gsm8k_test"))
     with pytest.raises(ContaminationError, match="overlap evaluation sets"):
-        build_prompts(config, tmp_path / "work", data_dir)
+        prompts_stage(config, tmp_path / "work", data_dir)
     assert not (tmp_path / "work" / "prompts.jsonl").exists()
 
 
@@ -133,13 +139,13 @@ def test_overlap_check_refuses_a_humaneval_prompt(tmp_path: Path, data_dir: Path
     problem = read_problems()["HumanEval/0"]["prompt"]
     prompts = write_prompt_file(tmp_path / "mine.jsonl", [f"Complete this function:\n{problem}"])
     with pytest.raises(ContaminationError, match="humaneval/HumanEval/0"):
-        build_prompts(PromptsConfig(sources=(f"file:{prompts}",)), tmp_path / "work", data_dir)
+        prompts_stage(PromptsConfig(sources=(f"file:{prompts}",), eval_sets=EVAL_SETS), tmp_path / "work", data_dir)
 
 
 def test_overlapping_prompts_can_be_dropped_and_are_listed(tmp_path: Path, data_dir: Path) -> None:
     prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", MT_BENCH_TURN])
     config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",), drop_overlapping=True)
-    path = build_prompts(config, tmp_path / "work", data_dir)
+    path = prompts_stage(config, tmp_path / "work", data_dir)
     assert [p.prompt for p in read_prompts(path)] == ["What is the capital of France?"]
     summary = json.loads((tmp_path / "work" / "prompts.summary.json").read_text())
     assert summary["overlaps_dropped"] == [{"prompt_id": "file-mine/1", "eval_item": "mt_bench/81.1", "rule": "exact"}]
@@ -149,20 +155,22 @@ def test_after_a_refusal_the_suggested_flag_is_accepted_on_rerun(tmp_path: Path,
     prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", MT_BENCH_TURN])
     config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",))
     with pytest.raises(ContaminationError, match="--drop-overlapping"):
-        build_prompts(config, tmp_path / "work", data_dir)
+        prompts_stage(config, tmp_path / "work", data_dir)
     # Nothing was produced, so the changed configuration is not a resume conflict.
-    path = build_prompts(replace(config, drop_overlapping=True), tmp_path / "work", data_dir)
+    path = prompts_stage(replace(config, drop_overlapping=True), tmp_path / "work", data_dir)
     assert [p.prompt for p in read_prompts(path)] == ["What is the capital of France?"]
     # Once there is output, a different configuration is refused.
     with pytest.raises(ValueError, match=r"changed: drop_overlapping\)"):
-        build_prompts(config, tmp_path / "work", data_dir)
+        prompts_stage(config, tmp_path / "work", data_dir)
 
 
 def test_unrelated_prompts_pass_and_a_missing_eval_set_is_an_error(tmp_path: Path, data_dir: Path) -> None:
-    index = build_eval_index(data_dir, ("mt_bench", "gsm8k_test"))
+    index = EvalIndex.of(eval_texts(data_dir, ("mt_bench", "gsm8k_test")))
     assert index.find("Write a poem about a travel blog and a recent trip.") is None
-    with pytest.raises(FileNotFoundError, match="overlap check needs it"):
-        build_eval_index(tmp_path / "nowhere", ("mt_bench",))
+    with pytest.raises(FileNotFoundError, match="evaluation set spec_bench: .*overlap check needs it"):
+        eval_texts(tmp_path / "nowhere", ("spec_bench",))
+    with pytest.raises(ValueError, match="unknown evaluation set 'gsm8k'; available: mt_bench, gsm8k_test, humaneval, spec_bench"):
+        eval_texts(data_dir, ("gsm8k",))
 
 
 def test_source_specs_parse_and_reject_unknown_names() -> None:
@@ -176,7 +184,7 @@ def test_source_specs_parse_and_reject_unknown_names() -> None:
 def test_sharegpt_conversations_use_the_first_human_turn(tmp_path: Path, data_dir: Path) -> None:
     path = tmp_path / "sharegpt.json"
     path.write_text(json.dumps([{"conversations": [{"from": "system", "value": "x"}, {"from": "human", "value": "Hi there, who are you?"}, {"from": "gpt", "value": "A bot."}]}]))
-    out = build_prompts(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir)
+    out = prompts_stage(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir)
     assert [p.prompt for p in read_prompts(out)] == ["Hi there, who are you?"]
 
 
@@ -229,7 +237,7 @@ def run_pipeline(work: Path, data_dir: Path, target: TargetModel, *, train_confi
         eval_sets=("mt_bench", "gsm8k_test"),
         magpie=MagpieConfig(batch_size=16, max_query_tokens=24, min_chars=1),
     )
-    prompts_path = build_prompts(config, work, data_dir, target=target, chat=chat)
+    prompts_path = prompts_stage(config, work, data_dir, target=target, chat=chat)
     distill(target, chat, read_prompts(prompts_path), work / "distill", DistillConfig(max_new_tokens=10, batch_size=4, shard_size=6, sampled_fraction=0.5))
     out = work / "head"
     train(target, work, out, train_config, stop_token_ids=(STOP,))
@@ -369,7 +377,7 @@ def test_reference_answers_are_teacher_forced_with_the_same_features(tmp_path: P
     path = tmp_path / "with_answers.jsonl"
     rows = [{"prompt": f"Question {i}?", "response": "Answer " * (i + 1)} for i in range(5)] + [{"prompt": "No answer here"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    prompts = read_prompts(build_prompts(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir))
+    prompts = read_prompts(prompts_stage(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir))
     assert sum(p.response is not None for p in prompts) == 5
     chat = CharChat()
     config = DistillConfig(max_new_tokens=20, shard_size=4, answers="reference", feature_dtype="float64", prefill_tokens=40)
@@ -399,7 +407,7 @@ def test_fine_tuning_from_a_head_with_extra_teacher_forced_data(tmp_path: Path, 
     path = tmp_path / "with_answers.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Extra {i}?", "response": "Yes " * (i + 2)}) + "\n" for i in range(8)))
     extra = tmp_path / "extra"
-    prompts = read_prompts(build_prompts(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), extra, data_dir))
+    prompts = read_prompts(prompts_stage(PromptsConfig(sources=(f"file:{path}",), eval_sets=("mt_bench",)), extra, data_dir))
     distill(target, CharChat(), prompts, extra / "distill", DistillConfig(max_new_tokens=12, answers="reference"))
     config = replace(SMALL_TRAIN, epochs=1, init_from=str(first), extra_distill=(str(extra / "distill"),))
     # A fresh work folder that reuses the same self-distilled shards.
@@ -475,7 +483,7 @@ def test_bfloat16_flags_are_read_from_cpuinfo_and_auto_follows_them() -> None:
 
 def test_bfloat16_generation_keeps_the_features_of_the_target_in_its_own_dtype(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
     prompt_file = write_prompt_file(tmp_path / "user.jsonl", [f"Question number {i}: say something." for i in range(5)])
-    prompts = read_prompts(build_prompts(PromptsConfig(sources=(f"file:{prompt_file}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir))
+    prompts = read_prompts(prompts_stage(PromptsConfig(sources=(f"file:{prompt_file}",), eval_sets=("mt_bench",)), tmp_path / "work", data_dir))
     config = DistillConfig(max_new_tokens=10, batch_size=4, shard_size=8, sampled_fraction=0.4, generation_dtype="bfloat16", feature_dtype="float64", prefill_tokens=40)
     distill(target, CharChat(), prompts, tmp_path / "work" / "distill", config)
     records = load_records(tmp_path / "work" / "distill")
@@ -525,34 +533,33 @@ def test_a_spec_bench_question_given_as_an_evaluation_file_is_refused(tmp_path: 
     prompts = write_prompt_file(tmp_path / "mine.jsonl", ["What is the capital of France?", text])
     config = PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",), eval_questions=(str(spec),))
     with pytest.raises(ContaminationError, match=r"file-mine/1 ~ spec_bench/(translation_1|qa_7\.[12]) \(exact\)"):
-        build_prompts(config, tmp_path / "work", data_dir)
+        prompts_stage(config, tmp_path / "work", data_dir)
     # Without the file the same prompt passes: the refusal comes from the question file.
-    build_prompts(PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",)), tmp_path / "clean", data_dir)
+    prompts_stage(PromptsConfig(sources=(f"file:{prompts}",), eval_sets=("mt_bench",)), tmp_path / "clean", data_dir)
 
 
 def test_question_files_of_every_evaluation_format_are_indexed(tmp_path: Path, data_dir: Path) -> None:
-    from eagle2.train.prompts import EvalIndex, add_question_file
-
     gsm = tmp_path / "gsm8k_test.jsonl"
     gsm.write_text(json.dumps({"question": "A farmer has 12 cows and buys 5 more; how many cows now?", "answer": "#### 17"}) + "\n")
     humaneval = tmp_path / "HumanEval.jsonl"
     humaneval.write_text(json.dumps({"task_id": "HumanEval/99", "prompt": "def closest_integer(value):\n    '''Return the closest integer.'''\n"}) + "\n")
     plain = tmp_path / "mine.json"
     plain.write_text(json.dumps([{"instruction": "Summarise this passage", "input": "The quick brown fox."}]))
-    index = EvalIndex()
-    assert add_question_file(index, gsm) == 1 and add_question_file(index, humaneval) == 1 and add_question_file(index, plain) == 1
+    texts = [question_file_texts(path) for path in (gsm, humaneval, plain)]
+    assert [len(found) for found in texts] == [1, 1, 1]
+    index = EvalIndex.of(item for found in texts for item in found)
     assert index.find("a farmer has 12 cows and buys 5 more how many cows now") == ("gsm8k_test/0", "exact")
     assert index.find("def closest_integer(value):\n    '''Return the closest integer.'''") == ("HumanEval/HumanEval/99", "exact")
     assert index.find("Summarise this passage\n\nThe quick brown fox.") == ("mine/0", "exact")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"answer": "4"}) + "\n")
     with pytest.raises(ValueError, match=r"row 0 has none of the question fields turns, question, prompt, text, instruction; keys: \['answer'\]"):
-        add_question_file(EvalIndex(), bad)
+        question_file_texts(bad)
     with pytest.raises(FileNotFoundError, match="evaluation question file .*missing.jsonl does not exist"):
-        add_question_file(EvalIndex(), tmp_path / "missing.jsonl")
+        question_file_texts(tmp_path / "missing.jsonl")
     # spec_bench as a named set reads <data-dir>/spec_bench/question.jsonl.
     write_spec_bench(data_dir / "spec_bench" / "question.jsonl")
-    assert build_eval_index(data_dir, ("spec_bench",)).counts == {"spec_bench": 3}
+    assert EvalIndex.of(eval_texts(data_dir, ("spec_bench",))).counts == {"spec_bench": 3}
 
 
 def test_the_prompts_stage_cli_takes_evaluation_question_files(tmp_path: Path, data_dir: Path, capsys) -> None:

@@ -83,7 +83,7 @@ run_stage train $(( train_s + 60 )) "$PYTHON" -m harness -q train train --work "
 if [ ! -f "$OUT/head/config.json" ]; then echo "no head was written; stopping" >&2; exit 1; fi
 
 run_stage evaluate "$(( $(remaining) - 5 ))" "$PYTHON" -m harness -q train evaluate --head "$OUT/head" --questions "$QUESTIONS" \
-  --methods vanilla eagle1 eagle2 --temperatures 0 --max-new-tokens 128 --data-dir "$DATA_DIR" --out "$OUT/eval.json" \
+  --methods vanilla eagle1 eagle2 --temperatures 0 --max-new-tokens 128 --data-dir "$DATA_DIR" --out "$OUT/eval.json" --run-dir "$OUT/eval-run" \
   "${model_args[@]}" --dtype "$ENGINE_DTYPE"
 
 for f in prompts.summary.json distill/distill.summary.json; do [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/"; done

