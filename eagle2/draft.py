@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from eagle2.cache import PositionIndexedLayer
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
-from eagle2.static import VIEW_MULTIPLE, FixedSlotLayer, SlotCursor, StaticTargetModel, round_up
+from eagle2.static import VIEW_MULTIPLE, FixedSlotLayer, SlotCursor, StaticTargetModel, compiled_for, round_up
 from eagle2.target import FINAL_NORM, FeatureSpec, TargetModel
 from eagle2.tree import DraftTree, StaticTreeShape, load_static_tree
 
@@ -228,11 +228,7 @@ class StaticHeadDrafter(HeadDrafter):
         self.cursor = SlotCursor(target.device)
         self._allocate(target.cache_capacity + self.DRAFT_SLACK)
         self.compiled = compile
-        if compile:
-            mode = "reduce-overhead" if target.device.type == "cuda" else None
-            self._scored_step = torch.compile(self._head_step, mode=mode)
-        else:
-            self._scored_step = self._head_step
+        self._scored_step = compiled_for(self._head_step, target.device) if compile else self._head_step
 
     def _allocate(self, capacity: int) -> None:
         self.capacity = round_up(capacity, VIEW_MULTIPLE)

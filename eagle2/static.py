@@ -113,6 +113,11 @@ class StaticTreeKVCache(Cache):
         self.length = start + len(offsets)
 
 
+def compiled_for(function, device: torch.device):
+    """`function` torch.compile'd for `device`: inductor on a CPU, CUDA graphs ("reduce-overhead") on CUDA."""
+    return torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None)
+
+
 def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -131,11 +136,7 @@ class StaticTargetModel(TargetModel):
         self.capacity = round_up(min(capacity, self.max_context) + 64, VIEW_MULTIPLE)
         self.compile_seconds = 0.0  # spent in warm_up() (compilation and first runs)
         self._cache: StaticTreeKVCache | None = None
-        if compile:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._step = torch.compile(self._decoder_step, mode=mode)
-        else:
-            self._step = self._decoder_step
+        self._step = compiled_for(self._decoder_step, self.device) if compile else self._decoder_step
 
     def new_cache(self, capacity: int) -> StaticTreeKVCache:
         # A padded tree may write up to its full size past the accepted prefix: 64 slots of slack.
