@@ -142,6 +142,17 @@ class JsonlLog:
                 os.fsync(handle.fileno())
 
 
+def read_json_rows(path: Path) -> list[Any]:
+    """The items of a JSON array file, or the rows of a JSONL input file (a damaged line is an error naming it)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not a valid JSON array ({error})") from None
+    return read_jsonl_input(path)
+
+
 def jsonl_line(row: Mapping[str, Any]) -> str:
     """One compact JSON line (with its newline); text stays readable UTF-8 unless it cannot be encoded."""
     line = json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"

@@ -90,13 +90,13 @@ def question_file_texts(path: Path) -> list[EvalText]:
     each text in `turns` (Spec-Bench / MT-bench format) or the row's `question` / `prompt` / `text` /
     `instruction` (+ `input`), labelled by the file (its folder's name for `question.jsonl`, e.g.
     spec_bench, else its stem). A row with none of these fields is an error."""
+    from eagle2.file_io import read_json_rows
     from eagle2.train.prompts import EvalText, join_instruction
 
     if not path.is_file():
         raise FileNotFoundError(f"evaluation question file {path} does not exist")
     label = path.parent.name if path.stem == "question" and path.parent.name else path.stem
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = read_json_rows(path)
     found = []
     for number, row in enumerate(rows):
         item = row.get("question_id", row.get("task_id", row.get("id", number))) if isinstance(row, dict) else number

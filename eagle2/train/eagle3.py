@@ -31,7 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.target import TargetModel

@@ -41,7 +41,7 @@ import torch
 
 from eagle2.target import TargetModel
 from eagle2.train.generation import batched_generate
-from eagle2.file_io import read_jsonl, read_jsonl_input, write_json_atomic, write_jsonl_atomic
+from eagle2.file_io import read_json_rows, read_jsonl, read_jsonl_input, write_json_atomic, write_jsonl_atomic
 from eagle2.train.io import check_manifest
 from eagle2.train.mix import MAGPIE_KINDS, PASSAGE_KINDS, PASSAGE_REQUEST, SHARED_KINDS, draw_seeds, follow_up, join_opening, kind_counts
 
@@ -317,7 +317,7 @@ def read_prompt_file(path: Path) -> list[tuple[str, str | None]]:
     [, response|output|answer]} or ShareGPT conversations (first human turn, and the reply after it)."""
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
-    rows = _json_rows(path)
+    rows = read_json_rows(path)
     prompts: list[tuple[str, str | None]] = []
     for number, row in enumerate(rows):
         if isinstance(row, str):
