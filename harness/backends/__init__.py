@@ -426,6 +426,13 @@ class UnitQueue:
         self.pending.appendleft(unit)
         return False
 
+    def ended(self, unit: WorkUnit, worker: str, failure: UnitFailure | None) -> UnitFinished | UnitFailed:
+        """The event for a unit that stopped running: finished, or failed with `failure` (what it
+        reported, or its worker's death), requeued unless that was its last try."""
+        if failure is None:
+            return UnitFinished(unit, worker)
+        return UnitFailed(unit, worker, failure, self.failed(unit))
+
 
 def worker_failure(error: BaseException, what: str) -> UnitFailure:
     """A failure of the worker itself (it died, its job was cancelled), not of the unit's code."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import (
-    BackendOptions, Event, ModelLoaded, ModelReady, Record, UnitFailed, UnitFailure, UnitFinished, UnitQueue, UnitStarted,
+    BackendOptions, Event, ModelLoaded, ModelReady, Record, UnitFailure, UnitQueue, UnitStarted,
     WorkerSpec, WorkerStarted, WorkUnit, worker_failure,
 )
 
@@ -92,7 +92,7 @@ class ProcessBackend:
                         holds[name] = None
                         if unit is not None:
                             error = ChildProcessError(f"exit code {code}")
-                            yield UnitFailed(unit, name, worker_failure(error, f"worker process {name} died"), work.failed(unit))
+                            yield work.ended(unit, name, worker_failure(error, f"worker process {name} died"))
                         start(name, gpu)
                 try:
                     kind, name, unit_id, payload = events.get(timeout=POLL_S)
@@ -107,11 +107,7 @@ class ProcessBackend:
                 elif kind == "done":
                     del busy[name]
                     ready.append(name)
-                    failure = failed.pop(name, None)
-                    if failure is None:
-                        yield UnitFinished(unit, name)
-                    else:
-                        yield UnitFailed(unit, name, failure, work.failed(unit))
+                    yield work.ended(unit, name, failed.pop(name, None))
                 elif isinstance(payload, UnitFailure):
                     failed[name] = payload
                 elif isinstance(payload, ModelLoaded):

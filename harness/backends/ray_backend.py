@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import (
-    BackendError, BackendOptions, Event, ModelLoaded, ModelReady, Record, UnitFailed, UnitFailure, UnitFinished, UnitQueue,
+    BackendError, BackendOptions, Event, ModelLoaded, ModelReady, Record, UnitFailure, UnitQueue,
     UnitStarted, WorkerSpec, WorkerStarted, WorkUnit, require, worker_failure,
 )
 
@@ -128,16 +128,12 @@ class RayBackend:
                     except StopIteration:
                         del busy[stream]
                         idle.append(worker)
-                        failure = failed.pop(stream, None)
-                        if failure is None:
-                            yield UnitFinished(unit, worker)
-                        else:
-                            yield UnitFailed(unit, worker, failure, queue.failed(unit))
+                        yield queue.ended(unit, worker, failed.pop(stream, None))
                         continue
                     except ray.exceptions.RayError as error:  # the actor died (killed, OOM, node lost)
                         del busy[stream]
                         failed.pop(stream, None)
-                        yield UnitFailed(unit, worker, worker_failure(error, f"Ray worker {worker} died"), queue.failed(unit))
+                        yield queue.ended(unit, worker, worker_failure(error, f"Ray worker {worker} died"))
                         recovering[actors[worker].describe.remote()] = worker  # Ray restarts it; use it once it answers
                         continue
                     if isinstance(item, UnitFailure):

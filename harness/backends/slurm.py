@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import (
-    BackendOptions, Event, ModelLoaded, ModelReady, Record, UnitFailed, UnitFailure, UnitFinished, UnitQueue, UnitStarted,
+    BackendOptions, Event, ModelLoaded, ModelReady, Record, UnitFailure, UnitQueue, UnitStarted,
     WorkerSpec, WorkerStarted, WorkUnit, require, slurm_minutes, worker_failure,
 )
 
@@ -86,7 +86,7 @@ class SlurmBackend:
                     try:
                         info, results = job.result()
                     except Exception as error:  # submitit's UncompletedJobError / FailedJobError: the task died or raised
-                        yield UnitFailed(unit, worker, worker_failure(error, f"SLURM task {job.job_id} failed"), work.failed(unit))
+                        yield work.ended(unit, worker, worker_failure(error, f"SLURM task {job.job_id} failed"))
                         continue
                     yield WorkerStarted(worker, info)
                     failure = None
@@ -99,7 +99,7 @@ class SlurmBackend:
                             else:
                                 work.delivered_row(unit, item)
                                 yield Record(unit, worker, item)
-                    yield UnitFinished(unit, worker) if failure is None else UnitFailed(unit, worker, failure, work.failed(unit))
+                    yield work.ended(unit, worker, failure)
         finally:
             for job in in_flight:  # the driver stops: do not leave tasks running for nobody
                 job.cancel(check=False)
