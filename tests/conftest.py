@@ -48,6 +48,21 @@ def tiny_llama(vocab_size: int = 97, *, seed: int = 0, layers: int = 2, dtype=to
     return TargetModel(model)
 
 
+def save_tiny_llama_folder(folder: Path, *, layers: int = 8, max_positions: int = 512, seed: int = 0) -> LlamaConfig:
+    """A random 32-wide Llama over harness.models.tiny_tokenizer(), saved with its tokenizer as a
+    local model folder (what a suite's `source` or `--model` can name); returns its config."""
+    from harness.models import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return config
+
+
 def tiny_model(architecture: str, vocab_size: int = 61, seed: int = 0) -> TargetModel:
     """A tiny random model of another supported family (float64)."""
     import transformers

@@ -300,19 +300,13 @@ def test_eagle3_cells_run_with_their_own_head_and_are_lossless(tmp_path):
     """A local 8-layer model folder with an EAGLE-2-layout head and an EAGLE-3 head folder: each
     method drafts with its own head kind, the records say which, and greedy output equals vanilla."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from conftest import save_tiny_llama_folder
 
     from eagle2 import DraftHead, Eagle3Head
 
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    config = save_tiny_llama_folder(tmp_path / "model", max_positions=4096)
     DraftHead.random(config, seed=1).save_pretrained(tmp_path / "eagle-head")
-    Eagle3Head.random(config, seed=2, draft_vocab=torch.arange(0, len(tokenizer), 2)).save_pretrained(tmp_path / "eagle3-head")
+    Eagle3Head.random(config, seed=2, draft_vocab=torch.arange(0, config.vocab_size, 2)).save_pretrained(tmp_path / "eagle3-head")
     suite = make_suite(tmp_path, f"""\
         schema: 1
         name: eagle3-run

@@ -99,20 +99,14 @@ def test_cli_trains_an_eagle3_head_on_the_distilled_records(tmp_path):
     """`python -m harness train train --head-kind eagle3` on distilled shards of a local 8-layer model."""
     import json
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from conftest import save_tiny_llama_folder
 
     from eagle2.train.distill import DistillConfig, distill
     from eagle2.train.prompts import Prompt, TemplateChat
     from harness.__main__ import main
-    from harness.models import chat_template_for, load_model, tiny_tokenizer
+    from harness.models import chat_template_for, load_model
 
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    save_tiny_llama_folder(tmp_path / "model")
     loaded = load_model(str(tmp_path / "model"), dtype="float32")
     chat = TemplateChat(chat_template_for(loaded), loaded.tokenizer)
     prompts = [Prompt(id=f"test/{i}", source="test", prompt=f"Say thing {i}.") for i in range(6)]
