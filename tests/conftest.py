@@ -48,6 +48,37 @@ def tiny_llama(vocab_size: int = 97, *, seed: int = 0, layers: int = 2, dtype=to
     return TargetModel(model)
 
 
+def tiny_suite_text(name: str) -> str:
+    """A suite over the tiny random Llama: vanilla, EAGLE-1 and EAGLE-2, 2 MT-bench questions, T = 0 and 1."""
+    return TINY_SUITE.replace("SUITE_NAME", name)
+
+
+TINY_SUITE = """\
+schema: 1
+name: SUITE_NAME
+models:
+  - name: tiny
+    source: tiny-random-llama
+    dtype: float64
+    device: cpu
+    head: random
+tasks:
+  - name: mt_bench
+    limit: 2
+    select: spread
+    max_new_tokens: 4
+methods:
+  - vanilla
+  - name: eagle1
+    params: {tree: small_12}
+  - name: eagle2
+    params: {depth: 3, top_k: 3, total_tokens: 8}
+sampling:
+  temperatures: [0, 1]
+warmup: {generations: 1, max_new_tokens: 2}
+"""
+
+
 def save_tiny_llama_folder(folder: Path, *, layers: int = 8, max_positions: int = 512, seed: int = 0) -> LlamaConfig:
     """A random 32-wide Llama over harness.models.tiny_tokenizer(), saved with its tokenizer as a
     local model folder (what a suite's `source` or `--model` can name); returns its config."""

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, REPO_ROOT
+from conftest import DATA_DIR, REPO_ROOT, tiny_suite_text
 
 from harness import backends
 from harness.__main__ import main
@@ -28,30 +28,7 @@ from harness.runner import RunOptions, run_suite
 from harness.tasks import DataSource
 
 
-SUITE = """\
-schema: 1
-name: tiny-backends
-models:
-  - name: tiny
-    source: tiny-random-llama
-    dtype: float64
-    device: cpu
-    head: random
-tasks:
-  - name: mt_bench
-    limit: 2
-    select: spread
-    max_new_tokens: 4
-methods:
-  - vanilla
-  - name: eagle1
-    params: {tree: small_12}
-  - name: eagle2
-    params: {depth: 3, top_k: 3, total_tokens: 8}
-sampling:
-  temperatures: [0, 1]
-warmup: {generations: 1, max_new_tokens: 2}
-"""
+SUITE = tiny_suite_text("tiny-backends")
 RECORDS = 6 * 2 * 2  # cells x questions x turns
 # Longer runs for the kill tests, so that a kill lands while units are in flight.
 LONG = SUITE.replace("limit: 2", "limit: 4").replace("max_new_tokens: 4", "max_new_tokens: 24").replace("[0, 1]", "[0]")

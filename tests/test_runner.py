@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, tiny_suite_text
 
 from harness.chat import ChatTemplate, Message
 from harness.config import expand, load_suite
@@ -32,30 +32,7 @@ RESULT_KEYS = {
 FAILURE_KEYS = {"cell_id", "model", "task", "method", "method_params", "temperature", "question_id", "turn", "error_type", "error", "finished_at"}
 MANIFEST_KEYS = {"schema", "run_id", "suite_path", "suite", "cells", "shard", "versions", "git_sha", "git_dirty", "hardware", "started_at", "finished_at"}
 
-SUITE = """\
-schema: 1
-name: tiny-run
-models:
-  - name: tiny
-    source: tiny-random-llama
-    dtype: float64
-    device: cpu
-    head: random
-tasks:
-  - name: mt_bench
-    limit: 2
-    select: spread
-    max_new_tokens: 4
-methods:
-  - vanilla
-  - name: eagle1
-    params: {tree: small_12}
-  - name: eagle2
-    params: {depth: 3, top_k: 3, total_tokens: 8}
-sampling:
-  temperatures: [0, 1]
-warmup: {generations: 1, max_new_tokens: 2}
-"""
+SUITE = tiny_suite_text("tiny-run")
 
 
 def make_suite(tmp_path: Path, text: str = SUITE, name: str = "suite.yaml"):
