@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def tiny_llama(vocab_size: int = 97, *, seed: int = 0, layers: int = 2, dtype=to
     )
     model = LlamaForCausalLM(config).to(dtype)
     return TargetModel(model)
+
+
+def write_checkpoint(folder: Path, state: dict, config: dict, fmt: str) -> Path:
+    """A head checkpoint folder as the official code writes it: config.json and pytorch_model.bin
+    (fmt "bin") or model.safetensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    if fmt == "bin":
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        from safetensors.torch import save_file
+
+        save_file(state, str(folder / "model.safetensors"))
+    return folder
 
 
 def tiny_suite_text(name: str) -> str:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from eagle2 import METHODS, DynamicTreeProposer, Eagle3Head, FeatureSpec, SamplingConfig, StaticTreeProposer, generate
 from eagle2.eagle3_head import eagle3_feature_layers
 from eagle2.tree import DraftTree
-from conftest import random_prompt, tiny_head, tiny_llama
+from conftest import random_prompt, tiny_head, tiny_llama, write_checkpoint
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB, DRAFT_VOCAB = 32, 64, 4, 2, 97, 40
 
@@ -151,18 +151,6 @@ def official_state_dict(draft_vocab_size=DRAFT_VOCAB, seed=0, vocab_maps=True) -
         t2d[ids] = True
         state["t2d"] = t2d
     return state
-
-
-def write_checkpoint(folder, state, config, fmt):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    if fmt == "bin":
-        torch.save(state, folder / "pytorch_model.bin")
-    else:
-        from safetensors.torch import save_file
-
-        save_file(state, str(folder / "model.safetensors"))
-    return folder
 
 
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])

@@ -1,12 +1,11 @@
 """Loading and saving heads in the official EAGLE layout, strictly."""
 
-import json
 
 import pytest
 import torch
 
 from eagle2 import DraftHead, DynamicTreeProposer, generate
-from conftest import random_prompt
+from conftest import random_prompt, write_checkpoint
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, VOCAB = 32, 64, 4, 2, 97
 
@@ -64,18 +63,6 @@ def official_state_dict(bias: bool = True, embedding: bool = True, seed: int = 0
     if embedding:
         state["embed_tokens.weight"] = rand(VOCAB, HIDDEN)
     return state
-
-
-def write_checkpoint(folder, state, config, fmt):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    if fmt == "bin":
-        torch.save(state, folder / "pytorch_model.bin")
-    else:
-        from safetensors.torch import save_file
-
-        save_file(state, str(folder / "model.safetensors"))
-    return folder
 
 
 @pytest.mark.parametrize("fmt", ["bin", "safetensors"])
