@@ -232,7 +232,10 @@ def test_worker_processes_match_the_in_process_run(suite, reference, tmp_path):
     summary = run_suite(suite, options(out, BackendOptions(workers=2)))
     assert summary.status == "complete" and summary.written == RECORDS and summary.failures == 0
     check_run(out, reference)
-    assert len(json.loads((out / "manifest.json").read_text())["workers"]) == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    # Both processes are launched, but on a loaded machine the first can finish every unit before the
+    # second reports in; the manifest lists the workers that did report, never others.
+    assert manifest["backend"]["workers"] == 2 and set(manifest["workers"]) <= {"cpu0", "cpu1"}
     started = time.monotonic()
     again = run_suite(suite, options(out, BackendOptions(workers=2), resume=True))  # nothing left: no worker starts
     assert again.status == "complete" and again.written == 0 and again.skipped == RECORDS and time.monotonic() - started < 30
