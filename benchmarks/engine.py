@@ -1,35 +1,29 @@
 """Engine benchmark: our vanilla vs transformers' generate, and EAGLE-1 / EAGLE-2, in one run,
 over one or more engine variants (dtype x static/compiled path).
 
+It measures through the harness runner, as every other number of the project: each variant is a
+model entry of an in-memory suite (dtype, compile: false | static | true), every method a suite
+method, the task MT-bench first turns (select: spread), and `schedule: interleaved` runs each
+question on every (variant, method) in turn, the order rotated per question and repeat, after every
+variant is loaded and warmed up (a full-length warm-up generation, which also compiles a compiled
+variant's shapes). The run folder (--run-dir) is an ordinary one: `python -m harness report` reads it.
+
 Output contract: a table on stdout with one row per (variant, method) (and a JSON file with --out):
   variant, method, params, tokens, tokens/s, speedup vs the same variant's vanilla, speedup vs the
   fastest vanilla of the run, tau (new tokens per target forward, prefill included), lossless
-  (greedy outputs identical to the variant's vanilla / near-ties / unexplained, out of prompts);
+  (greedy outputs identical to the variant's vanilla / near-ties / unexplained, out of compared);
 plus, per variant, "our vanilla / transformers generate" (must be >= 1.0: an honest baseline) and
-vanilla's ms/token against the memory floor (weight bytes / measured read bandwidth).
+vanilla's ms/token against the memory floor (weight bytes / measured read bandwidth). All figures
+come from the run's aggregated tables (harness.aggregate.tabulate). In bfloat16/float16 every greedy
+difference from vanilla is audited against the model in float32 (a float32 eager variant of the run
+when there is one): near-tie or unexplained.
 
 A variant is DTYPE:PATH, PATH one of eager (the dynamic engine), static (fixed shapes, no
-compile) or compiled (fixed shapes, torch.compile; compiled before timing). In bfloat16/float16
-every greedy difference from vanilla is audited against the model in float32 (eagle2.audit):
-near-tie or unexplained.
-
-Methods run interleaved (prompt by prompt, rotating the order each repeat) so that slow drifts of a
-shared machine hit all of them alike; each region is timed with device synchronisation inside the
-engine; the first prompt of every method is a warm-up and is not counted.
+compile) or compiled (fixed shapes, torch.compile).
 
     python benchmarks/engine.py                        # embedded SmolLM2-135M, CPU, dtype auto, eager
     python benchmarks/engine.py --variants float32:eager,bfloat16:eager,bfloat16:compiled
     python benchmarks/engine.py --device cuda --variants bfloat16:eager,bfloat16:compiled --prompts 20 --max-new-tokens 256
-
-Not yet on the harness runner (issue 11: one measurement path; `train evaluate` and `train curve`
-already are). This script still times, tallies τ and checks losslessness in its own loop. Moving it
-needs, in harness.runner and the suite schema: a `static` setting of a model's `compile` (fixed
-shapes without torch.compile; today compile is auto | true | false), a cell order that interleaves
-model entries (variants) question by question with a rotating start, all of them loaded at once
-(today a model's cells finish before the next model loads), and an audit that takes its float32
-reference from a float32 model entry of the run when there is one. Then each variant becomes a
-model entry (dtype, compile), the run folder is read by `harness report` (fastest vanilla, memory
-floor, lossless counts) and this table is printed from aggregate.tabulate.
 """
 
 from __future__ import annotations
@@ -37,26 +31,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
-import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eagle2 import METHODS, SamplingConfig  # noqa: E402
-from eagle2.audit import HALF_PRECISION, IDENTICAL, NEAR_TIE, classify  # noqa: E402
-from eagle2.static import StaticTargetModel  # noqa: E402
-from harness.chat import Message  # noqa: E402
-from harness.memory import measure_read_bandwidth, memory_floor_ms, weight_bytes_per_token  # noqa: E402
-from harness.models import EMBEDDED_HEAD, builtin_head_available, chat_template_for, load_head, load_model  # noqa: E402
-from harness.environment import git_state, hardware_info, package_versions  # noqa: E402
-from harness.tasks import DataSource, get_task, select_questions  # noqa: E402
+from harness.aggregate import load_runs, parse_params, tabulate  # noqa: E402
+from harness.config import suite_from_dict  # noqa: E402
+from harness.memory import memory_floor_ms  # noqa: E402
+from harness.models import EMBEDDED_HEAD, builtin_head_available  # noqa: E402
+from harness.runner import RunOptions, default_output_dir, method_label, run_suite  # noqa: E402
+from harness.tasks import DataSource  # noqa: E402
 
 DEFAULT_METHODS = [
     ("vanilla", {}),
@@ -65,17 +57,21 @@ DEFAULT_METHODS = [
     ("eagle2", {"depth": 6, "top_k": 10, "total_tokens": 60}),
     ("eagle2", {"depth": 5, "top_k": 8, "total_tokens": 32}),
 ]
-PATHS = ("eager", "static", "compiled")
+PATHS = {"eager": False, "static": "static", "compiled": True}  # path -> the model entry's `compile`
 
 
 @dataclass(frozen=True)
 class Variant:
-    dtype: str  # as given to load_model: auto | float32 | bfloat16 | ...
+    dtype: str  # as a suite's model dtype: auto | float32 | bfloat16 | ...
     path: str  # eager | static | compiled
 
     @property
     def label(self) -> str:
         return f"{self.dtype}:{self.path}"
+
+    @property
+    def entry_name(self) -> str:  # a suite model name (letters, digits, _ . + -)
+        return f"{self.dtype}-{self.path}"
 
 
 def parse_variants(text: str) -> list[Variant]:
@@ -91,12 +87,103 @@ def parse_variants(text: str) -> list[Variant]:
     return variants
 
 
-def mt_bench_first_turns(data_dir: Path, count: int) -> list[str]:
-    """The first turns of `count` MT-bench questions spread over the categories (the harness's loader)."""
-    spec = get_task("mt_bench")
-    options = {name: option.default for name, option in spec.options.items()}
-    questions, _ = spec.load(options, DataSource.from_env(data_dir))
-    return [question.turns[0] for question in select_questions(questions, count, "spread")]
+def benchmark_suite(args: argparse.Namespace, variants: list[Variant], methods: list[tuple[str, dict]], head: str) -> Any:
+    """The in-memory suite of one benchmark run."""
+    models = [{"name": v.entry_name, "source": args.model, "dtype": v.dtype, "device": args.device or "auto", "head": head,
+               "chat_template": args.chat_template, "compile": PATHS[v.path]} for v in variants]
+    return suite_from_dict({
+        "schema": 1,
+        "name": "engine-bench",
+        "description": "benchmarks/engine.py: engine variants x methods, interleaved, on MT-bench first turns",
+        "models": models,
+        "tasks": [{"name": "mt_bench", "type": "mt_bench", "turns": 1, "limit": args.prompts, "select": "spread",
+                   "max_new_tokens": args.max_new_tokens}],
+        "methods": [{"name": name, "params": params} for name, params in methods],
+        "sampling": {"temperatures": [args.temperature]},
+        "repeats": args.repeats,
+        # One full-length generation per (variant, method) before anything is timed: it compiles a
+        # compiled variant's shapes (catch-up sizes, cache capacity) as the timed ones will meet them.
+        "warmup": {"generations": 1, "max_new_tokens": args.max_new_tokens},
+        "profile": args.profile,
+        "schedule": "interleaved",
+    }, path="benchmarks/engine.py")
+
+
+def result_rows(tables: Any, variants: list[Variant], methods: list[tuple[str, dict]]) -> list[dict[str, Any]]:
+    """One row per (variant, method configuration), from the run's aggregated summary, in the order
+    of --variants and --methods."""
+    by_entry = {v.entry_name: v for v in variants}
+    models = {name: info for manifest in tables.manifests for name, info in (manifest.get("models") or {}).items()}
+
+    def order(record: dict[str, Any]) -> tuple[int, int]:
+        params = parse_params(record["params"])  # resolved: the given ones plus defaults
+        given = next(i for i, (name, wanted) in enumerate(methods)
+                     if name == record["method"] and all(params.get(k) == v for k, v in wanted.items()))
+        return variants.index(by_entry[record["model"]]), given
+
+    rows = []
+    for r in sorted(tables.summary.to_dict("records"), key=order):
+        variant = by_entry[r["model"]]
+        info = models.get(r["model"], {})
+        compared = int(r["lossless_compared"] or 0) if r["method"] != "vanilla" else 0
+        near, unexplained = (int(r["lossless_near_ties"] or 0), int(r["lossless_mismatches"] or 0)) if compared else (0, 0)
+        rows.append({
+            "variant": variant.label,
+            "dtype": info.get("dtype"),
+            "dtype_reason": info.get("dtype_reason"),
+            "path": variant.path,
+            "engine_path": info.get("engine_path"),
+            "method": r["method"],
+            "params": parse_params(r["params"]),
+            "label": method_label(r["method"], parse_params(r["params"])),
+            "tokens": int(r["new_tokens"]),
+            "seconds": round(float(r["time_s"]), 3),
+            "tokens_per_s": round(float(r["tokens_per_s"]), 2),
+            "speedup_vs_vanilla": None if not math.isfinite(r["speedup"]) else round(float(r["speedup"]), 3),
+            "tau": round(float(r["tau"]), 3),
+            "greedy_identical": compared - near - unexplained if compared else None,
+            "greedy_near_ties": near if compared else None,
+            "greedy_unexplained": unexplained if compared else None,
+            "compared": compared,
+            "weight_bytes_per_token": info.get("weight_bytes_per_token"),
+        })
+    fastest = max((row for row in rows if row["method"] == "vanilla"), key=lambda row: row["tokens_per_s"])
+    for row in rows:
+        row["speedup_vs_fastest_vanilla"] = round(row["tokens_per_s"] / fastest["tokens_per_s"], 3)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], variants: list[Variant], meta: dict[str, Any]) -> None:
+    bandwidth = meta["read_bandwidth_bytes_per_s"]
+    print()
+    print(f"model={meta['model']} head={meta['head']} device={meta['device']} threads={meta['threads']} prompts={meta['prompts']} "
+          f"repeats={meta['repeats']} max_new_tokens={meta['max_new_tokens']} T={meta['temperature']} read bandwidth={bandwidth / 1e9:.1f} GB/s")
+    print(f"{'variant':<20} {'method':<40} {'tokens':>7} {'tok/s':>8} {'vs own':>7} {'vs best':>8} {'tau':>6}  "
+          "lossless (identical/near-tie/unexplained)")
+    for r in rows:
+        if r["method"] == "vanilla":
+            lossless = "reference"
+        elif r["compared"]:
+            lossless = f"{r['greedy_identical']}/{r['greedy_near_ties']}/{r['greedy_unexplained']} of {r['compared']}"
+        else:
+            lossless = "n/a (sampling)"
+        own = f"{r['speedup_vs_vanilla']:>6.2f}x" if r["speedup_vs_vanilla"] is not None else f"{'-':>7}"
+        print(f"{r['variant']:<20} {r['label']:<40} {r['tokens']:>7} {r['tokens_per_s']:>8.2f} {own} "
+              f"{r['speedup_vs_fastest_vanilla']:>7.2f}x {r['tau']:>6.2f}  {lossless}")
+    fastest = max((r for r in rows if r["method"] == "vanilla"), key=lambda r: r["tokens_per_s"])
+    print(f"fastest vanilla: {fastest['variant']} {fastest['tokens_per_s']:.2f} tok/s")
+    for variant in variants:
+        own = next(r for r in rows if r["variant"] == variant.label and r["method"] == "vanilla")
+        line = f"{variant.label}: vanilla {1000 / own['tokens_per_s']:.1f} ms/token"
+        if own["weight_bytes_per_token"] and bandwidth:
+            floor = memory_floor_ms(own["weight_bytes_per_token"], bandwidth)
+            line += (f", memory floor {floor:.1f} ms ({own['weight_bytes_per_token'] / 1e6:.0f} MB / {bandwidth / 1e9:.1f} GB/s)"
+                     f" -> {1000 / own['tokens_per_s'] / floor:.2f}x floor")
+        hf = [r for r in rows if r["variant"] == variant.label and r["method"] == "hf_generate"]
+        if hf:
+            best = max(hf, key=lambda r: r["tokens_per_s"])
+            line += f"; our vanilla / transformers generate (its fastest setting here) = {own['tokens_per_s'] / best['tokens_per_s']:.3f}x"
+        print(line)
 
 
 def main() -> None:
@@ -108,12 +195,14 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="shorthand for --variants DTYPE:eager")
     parser.add_argument("--device", default=None)
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("EAGLE2_DATA_DIR", REPO.parent / "shared" / "data")))
-    parser.add_argument("--prompts", type=int, default=5, help="MT-bench first turns (plus one warm-up)")
+    parser.add_argument("--prompts", type=int, default=5, help="MT-bench first turns (each variant and method also makes one untimed warm-up generation)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--temperature", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--profile", action="store_true", help="split time into draft/verify/other (a device sync at each phase boundary)")
     parser.add_argument("--methods", default=None, help='JSON list of [name, params] pairs; default: vanilla, hf_generate, eagle1, eagle2 x2')
+    parser.add_argument("--run-dir", type=Path, default=None, help="the run folder (default runs/engine-bench/<UTC timestamp>)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -123,146 +212,46 @@ def main() -> None:
         variants = parse_variants(f"{args.dtype}:eager" if args.dtype else args.variants)
     except ValueError as error:
         parser.error(str(error))
-    methods = [tuple(m) for m in json.loads(args.methods)] if args.methods else DEFAULT_METHODS
-    names = [name for name, _ in methods]
-    if "vanilla" not in names:
+    methods = [(name, dict(params)) for name, params in json.loads(args.methods)] if args.methods else DEFAULT_METHODS
+    if "vanilla" not in [name for name, _ in methods]:
         parser.error("--methods must include vanilla: every speedup and the lossless check are against it")
 
-    head_spec = args.head
-    if head_spec is None:
+    head = args.head
+    if head is None:
         shipped = f"builtin:{EMBEDDED_HEAD}"
-        head_spec = shipped if args.model == "embedded" and builtin_head_available(shipped) else "random"
-    # Every variant is loaded before anything is timed; the runs then interleave over all of them.
-    decoders = []  # (variant, method name, params, decoder)
-    loaded_by_variant = {}
-    for variant in variants:
-        loaded = load_model(args.model, dtype=variant.dtype, device=args.device)
-        target = loaded.target
-        if variant.path != "eager":
-            target = StaticTargetModel(target.model, compile=variant.path == "compiled")
-        loaded_by_variant[variant] = (loaded, target)
-        head = load_head(head_spec, target)
-        for name, params in methods:
-            decoders.append((variant, name, params, METHODS[name].create(target, head, params)))
-    first_loaded = loaded_by_variant[variants[0]][0]
-    template = chat_template_for(first_loaded, args.chat_template)
-    prompts = [template.prompt_ids([Message("user", text)]) for text in mt_bench_first_turns(args.data_dir, args.prompts + 1)]
-    sampling = SamplingConfig(temperature=args.temperature)
-    device = first_loaded.target.device
-    bandwidth = measure_read_bandwidth(device)
-
-    totals = {i: {"tokens": 0, "seconds": 0.0, "forwards": 0, "outputs": [], "per_prompt": [], "warmup_s": 0.0} for i in range(len(decoders))}
-    started = time.time()
-    for repeat in range(args.repeats):
-        for p_index, prompt in enumerate(prompts):
-            order = list(range(len(decoders)))
-            rotation = (p_index + repeat) % len(order)
-            order = order[rotation:] + order[:rotation]
-            for i in order:
-                _, name, params, decode = decoders[i]
-                generator = torch.Generator().manual_seed(1000 * repeat + p_index)
-                record = decode(prompt, max_new_tokens=args.max_new_tokens, sampling=sampling, stop_token_ids=template.stop_token_ids, generator=generator)
-                entry = totals[i]
-                if p_index == 0:
-                    entry["warmup_s"] += record.total_time_s  # compiles a compiled variant's shapes
-                    continue
-                entry["tokens"] += record.new_tokens
-                entry["seconds"] += record.total_time_s
-                entry["forwards"] += record.target_forwards
-                entry["per_prompt"].append(record.new_tokens / record.total_time_s)
-                entry["outputs"].append((p_index, record.output_ids))
-            print(f"  prompt {p_index}/{len(prompts) - 1} repeat {repeat + 1}/{args.repeats} done ({time.time() - started:.0f} s)", file=sys.stderr)
-
-    # Lossless check against each variant's own vanilla; half precision is audited in float32.
-    # The audit's float32 reference: a float32 eager variant of this run if there is one, else loaded on demand.
-    reference_model = next((t for v, (_, t) in loaded_by_variant.items() if v.path == "eager" and t.dtype == torch.float32), None)
-    vanilla_index = {v: next(i for i, d in enumerate(decoders) if d[0] == v and d[1] == "vanilla") for v in variants}
-    counted = (len(prompts) - 1) * args.repeats
-    rows = []
-    for i, (variant, name, params, _) in enumerate(decoders):
-        entry = totals[i]
-        loaded, target = loaded_by_variant[variant]
-        identical = near_ties = unexplained = 0
-        if sampling.greedy:
-            base = dict(((p, r), ids) for r, (p, ids) in enumerate(totals[vanilla_index[variant]]["outputs"]))
-            for r, (p_index, ids) in enumerate(entry["outputs"]):
-                theirs = base[(p_index, r)]
-                if ids == theirs:
-                    identical += 1
-                    continue
-                if target.dtype not in HALF_PRECISION:
-                    unexplained += 1
-                    continue
-                if reference_model is None:
-                    reference_model = load_model(args.model, dtype="float32", device=args.device).target
-                verdict = classify(reference_model, prompts[p_index], theirs, ids, target.dtype)
-                near_ties += verdict.kind == NEAR_TIE
-                unexplained += verdict.kind not in (NEAR_TIE, IDENTICAL)
-        rate = entry["tokens"] / entry["seconds"]
-        rows.append({
-            "variant": variant.label,
-            "dtype": str(target.dtype).removeprefix("torch."),
-            "dtype_reason": loaded.dtype_reason,
-            "path": variant.path,
-            "method": name,
-            "params": params,
-            "tokens": entry["tokens"],
-            "seconds": round(entry["seconds"], 3),
-            "warmup_seconds": round(entry["warmup_s"], 3),
-            "tokens_per_s": round(rate, 2),
-            "median_prompt_tokens_per_s": round(statistics.median(entry["per_prompt"]), 2),
-            "tau": round(entry["tokens"] / entry["forwards"], 3),
-            "greedy_identical": identical if sampling.greedy else None,
-            "greedy_near_ties": near_ties if sampling.greedy else None,
-            "greedy_unexplained": unexplained if sampling.greedy else None,
-            "compared": counted if sampling.greedy else 0,
-            "weight_bytes_per_token": weight_bytes_per_token(target.model),
-        })
-    fastest = max((r for r in rows if r["method"] == "vanilla"), key=lambda r: r["tokens_per_s"])
-    for row in rows:
-        own = next(r for r in rows if r["variant"] == row["variant"] and r["method"] == "vanilla")
-        row["speedup_vs_vanilla"] = round(row["tokens_per_s"] / own["tokens_per_s"], 3)
-        row["speedup_vs_fastest_vanilla"] = round(row["tokens_per_s"] / fastest["tokens_per_s"], 3)
-
-    print()
-    print(f"model={first_loaded.source} head={head_spec} device={device} threads={torch.get_num_threads()} "
-          f"prompts={len(prompts) - 1} repeats={args.repeats} max_new_tokens={args.max_new_tokens} T={args.temperature} "
-          f"read bandwidth={bandwidth / 1e9:.1f} GB/s")
-    print(f"{'variant':<20} {'method':<12} {'params':<40} {'tokens':>7} {'tok/s':>8} {'vs own':>7} {'vs best':>8} {'tau':>6}  lossless (identical/near-tie/unexplained)")
-    for r in rows:
-        params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
-        lossless = f"{r['greedy_identical']}/{r['greedy_near_ties']}/{r['greedy_unexplained']} of {r['compared']}" if sampling.greedy else "n/a (sampling)"
-        print(f"{r['variant']:<20} {r['method']:<12} {params:<40} {r['tokens']:>7} {r['tokens_per_s']:>8.2f} {r['speedup_vs_vanilla']:>6.2f}x "
-              f"{r['speedup_vs_fastest_vanilla']:>7.2f}x {r['tau']:>6.2f}  {lossless}")
-    print(f"fastest vanilla: {fastest['variant']} {fastest['tokens_per_s']:.2f} tok/s")
-    for variant in variants:
-        own = next(r for r in rows if r["variant"] == variant.label and r["method"] == "vanilla")
-        floor = memory_floor_ms(own["weight_bytes_per_token"], bandwidth)
-        line = (f"{variant.label}: vanilla {1000 / own['tokens_per_s']:.1f} ms/token, memory floor {floor:.1f} ms "
-                f"({own['weight_bytes_per_token'] / 1e6:.0f} MB / {bandwidth / 1e9:.1f} GB/s) -> {1000 / own['tokens_per_s'] / floor:.2f}x floor")
-        hf = next((r for r in rows if r["variant"] == variant.label and r["method"] == "hf_generate"), None)
-        if hf:
-            line += f"; our vanilla / transformers generate = {own['tokens_per_s'] / hf['tokens_per_s']:.3f}x"
-        print(line)
+        head = shipped if args.model == "embedded" and builtin_head_available(shipped) else "random"
+    suite = benchmark_suite(args, variants, methods, head)
+    run_dir = args.run_dir or default_output_dir(suite)
+    summary = run_suite(suite, RunOptions(out_dir=run_dir, data=DataSource.from_env(args.data_dir), overrides={"threads": args.threads}))
+    if summary.failures:
+        print(f"{summary.failures} generation(s) failed; see {run_dir / 'failures.jsonl'}", file=sys.stderr)
+    tables = tabulate(load_runs(run_dir))
+    rows = result_rows(tables, variants, methods)
+    manifest = tables.manifests[0]
+    models = manifest.get("models") or {}
+    device = next(iter(models.values()), {}).get("device", "cpu")
+    meta = {
+        "model": next(iter(models.values()), {}).get("source", args.model),
+        "head": head,
+        "device": device,
+        "variants": [v.label for v in variants],
+        "threads": torch.get_num_threads(),
+        "read_bandwidth_bytes_per_s": (manifest["hardware"].get("read_bandwidth_bytes_per_s") or {}).get(device),
+        "versions": manifest.get("versions"),
+        "git_sha": manifest.get("git_sha"),
+        "git_dirty": manifest.get("git_dirty"),
+        "hardware": {k: v for k, v in manifest["hardware"].items() if k != "read_bandwidth_bytes_per_s"},
+        "prompts": len(tables.question_ids),
+        "repeats": args.repeats,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "warmup_seconds": manifest.get("warmup_seconds"),
+        "run_dir": str(run_dir),
+        "command": " ".join(sys.argv),
+    }
+    print_table(rows, variants, meta)
+    print(f"run folder: {run_dir} (python -m harness report {run_dir})")
     if args.out:
-        sha, dirty = git_state()
-        meta = {
-            "model": first_loaded.source,
-            "head": head_spec,
-            "device": str(device),
-            "variants": [v.label for v in variants],
-            "threads": torch.get_num_threads(),
-            "read_bandwidth_bytes_per_s": bandwidth,
-            "versions": package_versions(),
-            "git_sha": sha,
-            "git_dirty": dirty,
-            "hardware": hardware_info(),
-            "prompts": len(prompts) - 1,
-            "repeats": args.repeats,
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "command": " ".join(sys.argv),
-        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
 

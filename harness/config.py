@@ -152,7 +152,8 @@ class ModelConfig:
     system_message: str | None = setting((str, _NULL), "system prompt (null: the template's default)", None)
     # The engine's static-shape path (eagle2.static) with torch.compile; harness.runner.resolve_compile says what auto means.
     compile: str | bool = setting((str, bool), "the static-shape, torch.compile'd engine path; auto: true on CUDA, "
-                                  "and on a CPU in bf16/fp16", "auto", choices=("auto", True, False))
+                                  "and on a CPU in bf16/fp16; static: fixed shapes without torch.compile", "auto",
+                                  choices=("auto", True, False, "static"))
     # e.g. a float32 entry that runs only vanilla, so a report can state the fastest vanilla of the run across dtypes.
     methods: tuple[str, ...] | None = setting((list, _NULL), "the suite's methods this model runs (null: all)", None,
                                               each=Field(str), non_empty=True, what="a non-empty list of method names")
@@ -231,6 +232,9 @@ class Suite:
                                    "or just a number of generations", WarmupConfig(), keys=fields_of(WarmupConfig),
                                    what="a mapping with generations, max_new_tokens (or a number of generations)")
     profile: bool = setting(bool, "split time into draft/verify/other (a device sync at each phase boundary; free on a CPU)", True)
+    schedule: str = setting(str, "by_model: one model entry at a time; interleaved: all loaded and warmed up first, then each question "
+                            "on every entry and method in turn, the order rotated per question (for side-by-side timing)",
+                            "by_model", choices=("by_model", "interleaved"))
     path: str | None = None  # the file it was read from
 
     def to_dict(self) -> dict[str, Any]:

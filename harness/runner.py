@@ -108,14 +108,22 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_compile(setting: str | bool, device: torch.device, dtype: torch.dtype | None = None) -> bool:
-    """`compile: auto` is true on CUDA (CUDA graphs remove the per-kernel launch cost) and, on a CPU,
-    for bfloat16/float16, where inductor's fused kernels measured 15-30% faster per forward than eager;
+ENGINE_PATHS = ("eager", "static", "compiled")
+
+
+def resolve_compile(setting: str | bool, device: torch.device, dtype: torch.dtype | None = None) -> str:
+    """The engine path a model's `compile` setting selects: eager (the dynamic engine), static (fixed
+    shapes, eagle2.static, not compiled) or compiled (fixed shapes + torch.compile).
+
+    `auto` is compiled on CUDA (CUDA graphs remove the per-kernel launch cost) and, on a CPU, for
+    bfloat16/float16, where inductor's fused kernels measured 15-30% faster per forward than eager;
     float32 on a CPU measured no faster compiled, so it stays eager (benchmarks/forward_step.py,
     results/engine-bench/)."""
     if setting == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16))
-    return bool(setting)
+        return "compiled" if device.type == "cuda" or (device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)) else "eager"
+    if setting == "static":
+        return "static"
+    return "compiled" if setting else "eager"
 
 
 def turn_seed(seed: int, question_id: str, repeat: int, turn: int) -> int:
@@ -191,6 +199,22 @@ class _Loaded:
     head_errors: dict[str, Exception] = field(default_factory=dict)  # head kind -> why it failed to load: only its cells fail
 
 
+@dataclass
+class _Prepared:
+    """A loaded model entry with the decoders of its cells that still have work."""
+
+    config: ModelConfig
+    loaded: _Loaded
+    cells: list[Cell]  # unfinished cells whose decoder was built
+    decoders: dict[str, Any]  # cell id -> decoder
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Runner:
     """One run (or resumed run) of a suite into one output folder."""
 
@@ -245,8 +269,12 @@ class Runner:
             if before != now:
                 flag = "--" + name.replace("_", "-")
                 problems.append(f"{flag}: {_show(before)} when the run began, {_show(now)} now")
-        old_suite = {k: v for k, v in (old_manifest.get("suite") or {}).items() if k != "path"}
+        # A setting added since the run began is absent from its manifest: equal when at its default.
+        defaults = {k: v for k, v in _plain_json(dataclasses.replace(self.suite, **{
+            f.name: f.default for f in dataclasses.fields(Suite) if f.default is not dataclasses.MISSING}).to_dict()).items()}
         new_suite = {k: v for k, v in _plain_json(self.suite.to_dict()).items() if k != "path"}
+        old_suite = {k: v for k, v in (old_manifest.get("suite") or {}).items() if k != "path"}
+        old_suite.update({k: defaults[k] for k in new_suite if k not in old_suite and k in defaults} if old_suite else {})
         changed = sorted(k for k in set(old_suite) | set(new_suite) if old_suite.get(k) != new_suite.get(k))
         if old_suite and changed:
             problems.append(f"suite {self.suite.path}: {', '.join(changed)} differ from the suite the run began with")
@@ -426,11 +454,11 @@ class Runner:
         loaded = load_model(
             config.source, gguf_file=config.gguf_file, dtype=config.dtype, device=device, device_map=config.device_map, revision=config.revision
         )
-        compiled = resolve_compile(config.compile, loaded.target.device, loaded.target.dtype)
-        if compiled:
+        engine_path = resolve_compile(config.compile, loaded.target.device, loaded.target.dtype)
+        if engine_path != "eager":
             from eagle2.static import StaticTargetModel
 
-            loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=True))
+            loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=engine_path == "compiled"))
         heads: dict[str, Any] = {}
         heads_used: dict[str, str | None] = {}
         head_errors: dict[str, Exception] = {}
@@ -456,7 +484,8 @@ class Runner:
             "device": str(loaded.target.device),
             "dtype": str(loaded.target.dtype).removeprefix("torch."),
             "dtype_requested": config.dtype,
-            "compile": compiled,
+            "compile": engine_path == "compiled",
+            "engine_path": engine_path,
             "compile_requested": config.compile,
             "dtype_reason": loaded.dtype_reason,
             "parameters": sum(p.numel() for p in loaded.target.model.parameters()),
@@ -645,10 +674,12 @@ class Runner:
     def _unit_done(self, cell: Cell, question: Question, repeat: int) -> bool:
         return all((cell.cell_id, question.question_id, repeat, t) in self.done for t in range(1, len(question.turns) + 1))
 
-    def _run_model(self, config: ModelConfig, cells: list[Cell], progress: Any) -> None:
+    def _prepare_model(self, config: ModelConfig, cells: list[Cell], progress: Any) -> _Prepared | None:
+        """Load a model with its heads and build the decoders of its unfinished cells (None: nothing
+        to do, or the load failed and its cells were recorded as failures)."""
         todo = [c for c in cells if not all(self._unit_done(c, q, r) for q in self.questions[c.task.name] for r in range(c.repeats))]
         if not todo:
-            return
+            return None
         head_kinds = {METHODS[c.method].head_kind for c in todo if METHODS[c.method].needs_head}
         logger.info("loading model %s (%s)", config.name, config.source)
         try:
@@ -658,7 +689,7 @@ class Runner:
                 self._fail(cell, error)
                 if progress is not None:
                     progress.update(self._answers_left(cell))
-            return
+            return None
         bandwidths = self.manifest["hardware"].setdefault("read_bandwidth_bytes_per_s", {})
         if loaded.info["device"] not in bandwidths:  # for the memory floor in reports; untimed
             bandwidths[loaded.info["device"]] = measure_read_bandwidth(loaded.target.device)
@@ -675,39 +706,77 @@ class Runner:
                 decoders[cell.cell_id] = spec.create(loaded.target, loaded.heads.get(spec.head_kind), cell.method_params)
             except Exception as error:
                 self._fail(cell, error)
-        warmed: set[str] = set()
-        for task in _unique(c.task for c in todo):
-            task_cells = [c for c in todo if c.task.name == task.name and c.cell_id in decoders]
-            for question in self.questions[task.name]:
-                for cell in task_cells:
-                    for repeat in range(cell.repeats):
-                        if self._unit_done(cell, question, repeat):
-                            continue
-                        if cell.cell_id not in warmed:
-                            warmed.add(cell.cell_id)
-                            started = time.perf_counter()
-                            try:
-                                self._warm_up(loaded, decoders[cell.cell_id], cell, self.questions[task.name][0])
-                            except Exception as error:
-                                logger.warning("warm-up of %s failed: %s", cell.cell_id, error)
-                            # With compile on, the warm-up compiles this cell's shapes: never inside a timed region.
-                            self.manifest.setdefault("warmup_seconds", {})[cell.cell_id] = round(time.perf_counter() - started, 3)
-                        if progress is not None:
-                            progress.set_description_str(
-                                f"{self.suite.name}: {cell.model.name} {cell.task.name} {method_label(cell.method, cell.method_params)} "
-                                f"T={cell.temperature:g}",
-                                refresh=False,
-                            )
-                        self._run_question(loaded, decoders[cell.cell_id], cell, question, repeat, progress)
         for cell in todo:
             if cell.cell_id not in decoders and progress is not None:
                 progress.update(self._answers_left(cell))
-        if loaded.target.dtype in HALF_PRECISION:
-            self._audit(config, loaded)
-        del decoders, loaded
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        return _Prepared(config, loaded, [c for c in todo if c.cell_id in decoders], decoders)
+
+    def _warm_up_once(self, prepared: _Prepared, cell: Cell, warmed: set[str]) -> None:
+        if cell.cell_id in warmed:
+            return
+        warmed.add(cell.cell_id)
+        started = time.perf_counter()
+        try:
+            self._warm_up(prepared.loaded, prepared.decoders[cell.cell_id], cell, self.questions[cell.task.name][0])
+        except Exception as error:
+            logger.warning("warm-up of %s failed: %s", cell.cell_id, error)
+        # With compile on, the warm-up compiles this cell's shapes: never inside a timed region.
+        self.manifest.setdefault("warmup_seconds", {})[cell.cell_id] = round(time.perf_counter() - started, 3)
+
+    def _run_cell_question(self, prepared: _Prepared, cell: Cell, question: Question, repeat: int, warmed: set[str], progress: Any) -> None:
+        if self._unit_done(cell, question, repeat):
+            return
+        self._warm_up_once(prepared, cell, warmed)
+        if progress is not None:
+            progress.set_description_str(
+                f"{self.suite.name}: {cell.model.name} {cell.task.name} {method_label(cell.method, cell.method_params)} T={cell.temperature:g}",
+                refresh=False,
+            )
+        self._run_question(prepared.loaded, prepared.decoders[cell.cell_id], cell, question, repeat, progress)
+
+    def _run_model(self, config: ModelConfig, cells: list[Cell], progress: Any) -> None:
+        """schedule: by_model: this model's cells, question by question, then the next model is loaded."""
+        prepared = self._prepare_model(config, cells, progress)
+        if prepared is None:
+            return
+        warmed: set[str] = set()
+        for task in _unique(c.task for c in prepared.cells):
+            task_cells = [c for c in prepared.cells if c.task.name == task.name]
+            for question in self.questions[task.name]:
+                for cell in task_cells:
+                    for repeat in range(cell.repeats):
+                        self._run_cell_question(prepared, cell, question, repeat, warmed, progress)
+        if prepared.loaded.target.dtype in HALF_PRECISION:
+            self._audit(prepared)
+        del prepared
+        _free_memory()
+
+    def _run_interleaved(self, progress: Any) -> None:
+        """schedule: interleaved: every model entry is loaded and warmed up before anything is timed;
+        then each question runs on every (model, method configuration) in turn, the order rotated by
+        one per question and repeat, so a slow drift of a shared machine hits all of them alike."""
+        prepared = [p for model in _unique(c.model for c in self.cells)
+                    if (p := self._prepare_model(model, [c for c in self.cells if c.model.name == model.name], progress)) is not None]
+        warmed: set[str] = set()
+        pairs = [(p, cell) for p in prepared for cell in p.cells]
+        for p, cell in pairs:
+            self._warm_up_once(p, cell, warmed)
+        for task in _unique(cell.task for _, cell in pairs):
+            task_pairs = [(p, cell) for p, cell in pairs if cell.task.name == task.name]
+            for index, question in enumerate(self.questions[task.name]):
+                for repeat in range(max(cell.repeats for _, cell in task_pairs)):
+                    rotation = (index + repeat) % len(task_pairs)
+                    for p, cell in task_pairs[rotation:] + task_pairs[:rotation]:
+                        if repeat < cell.repeats:
+                            self._run_cell_question(p, cell, question, repeat, warmed, progress)
+        for p in prepared:
+            if p.loaded.target.dtype in HALF_PRECISION:
+                # A float32 eager entry of the same weights in this run is the audit's reference.
+                reference = next((o.loaded.target for o in prepared if o.loaded.source == p.loaded.source
+                                  and o.loaded.info["engine_path"] == "eager" and o.loaded.target.dtype == torch.float32), None)
+                self._audit(p, reference)
+        del prepared, pairs
+        _free_memory()
 
     def _check_code_isolation(self) -> None:
         """--execute-code on a task that executes code needs the sandbox, or an explicit `unsafe`."""
@@ -728,8 +797,10 @@ class Runner:
                 "it in a plain subprocess (no network, filesystem or user isolation), or drop --execute-code"
             )
 
-    def _audit(self, config: ModelConfig, loaded: _Loaded) -> None:
-        """Classify this model's greedy half-precision mismatches with vanilla (harness.audit); untimed."""
+    def _audit(self, prepared: _Prepared, reference_target: Any = None) -> None:
+        """Classify this model's greedy half-precision mismatches with vanilla (harness.audit); untimed.
+        The float32 reference is `reference_target` when given, else loaded on demand."""
+        config, loaded = prepared.config, prepared.loaded
         from harness.models import load_model
 
         questions = {(task, q.question_id): q for task, items in self.questions.items() for q in items}
@@ -740,6 +811,8 @@ class Runner:
             return self._prompt_ids(loaded, questions[(record["task"], question_id)], turn, answers)
 
         def reference() -> Any:
+            if reference_target is not None:
+                return reference_target
             logger.info("lossless audit: loading %s in float32 to classify half-precision mismatches", config.name)
             device = None if config.device_map else str(loaded.target.device)
             return load_model(
@@ -811,6 +884,9 @@ class Runner:
             logger.warning("the half-precision lossless audit (audit.jsonl) does not run with a backend; models: %s", ", ".join(half))
 
     def run(self) -> RunSummary:
+        if self.options.backend is not None and self.suite.schedule == "interleaved":
+            raise ValueError(f"{self.suite.path}: schedule: interleaved times every model entry side by side in one process; "
+                             "run it without --workers/--backend (or use schedule: by_model)")
         self._check_code_isolation()
         make_folder(self.out)
         with RunLock(self.out):  # held until the manifest is final: no second run or resume meanwhile
@@ -839,6 +915,8 @@ class Runner:
             try:
                 if self.options.backend is not None:
                     self._run_units(progress)
+                elif self.suite.schedule == "interleaved":
+                    self._run_interleaved(progress)
                 else:
                     for model in _unique(c.model for c in self.cells):
                         self._run_model(model, [c for c in self.cells if c.model.name == model.name], progress)

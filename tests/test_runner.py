@@ -369,3 +369,51 @@ def test_compiled_model_gives_the_eager_outputs(tmp_path):
     assert {key(r): r["output_ids"] for r in rows(tmp_path / "compiled")} == outputs
     manifest = json.loads((tmp_path / "compiled" / "manifest.json").read_text())
     assert manifest["models"]["tiny"]["compile"] is True and manifest["warmup_seconds"]
+
+
+def test_interleaved_schedule_rotates_model_entries_question_by_question(tmp_path):
+    """schedule: interleaved loads every model entry first, then runs each question on every
+    (entry, method) in turn with the order rotated per question; the static-shape entry (compile:
+    static) gives the eager entry's greedy outputs."""
+    text = (SUITE.replace("temperatures: [0, 1]", "temperatures: [0]")
+            .replace("    head: random\n", "    head: random\n  - name: tiny-static\n    source: tiny-random-llama\n    dtype: float64\n"
+                     "    device: cpu\n    head: random\n    compile: static\n")
+            + "schedule: interleaved\n")
+    suite = make_suite(tmp_path, text)
+    summary = run_suite(suite, options(tmp_path / "out"))
+    assert summary.status == "complete" and summary.failures == 0
+    records = rows(tmp_path / "out")
+    by_entry = {(r["model"], r["method"], r["question_id"], r["turn"]): r["output_ids"] for r in records}
+    assert {k[1:]: v for k, v in by_entry.items() if k[0] == "tiny-static"} == {k[1:]: v for k, v in by_entry.items() if k[0] == "tiny"}
+    questions = list(dict.fromkeys(r["question_id"] for r in records))
+    assert len(questions) == 2 and [r["question_id"] for r in records] == sorted((r["question_id"] for r in records), key=questions.index)
+    first_turns = [[(r["model"], r["method"]) for r in records if r["question_id"] == q and r["turn"] == 1] for q in questions]
+    assert len(first_turns[0]) == 6 and first_turns[1] == first_turns[0][1:] + first_turns[0][:1]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert {m: info["engine_path"] for m, info in manifest["models"].items()} == {"tiny": "eager", "tiny-static": "static"}
+    assert len(manifest["warmup_seconds"]) == 6
+
+
+def test_interleaved_schedule_refuses_a_backend(tmp_path):
+    from harness.backends import BackendOptions, make_backend
+
+    suite = make_suite(tmp_path, SUITE + "schedule: interleaved\n")
+    with pytest.raises(ValueError, match="schedule: interleaved"):
+        run_suite(suite, options(tmp_path / "out", backend=make_backend(BackendOptions(workers=2))))
+
+
+def test_a_run_from_before_a_new_suite_setting_resumes_at_its_default(full_run, tmp_path):
+    """A manifest written before `schedule` existed lacks the key; at its default the suite is the same."""
+    import shutil
+
+    suite, out, _ = full_run
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["suite"]["schedule"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    again = run_suite(suite, options(copy, resume=True))
+    assert again.status == "complete" and again.written == 0
+    interleaved = make_suite(tmp_path, SUITE + "schedule: interleaved\n", "other.yaml")
+    with pytest.raises(ResumeMismatchError, match="schedule"):
+        run_suite(interleaved, options(copy, resume=True))

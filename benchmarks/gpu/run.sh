@@ -65,7 +65,7 @@ variants="bfloat16:eager,float32:eager"
 python3 benchmarks/engine.py --model "$MODEL" --head "$HEAD" --device "$DEVICE" --variants "$variants" --data-dir "$DATA" \
   --prompts "$BENCH_PROMPTS" --max-new-tokens "$MAX_NEW" \
   --methods '[["vanilla",{}],["hf_generate",{}],["hf_generate",{"cache":"static","compile":true}],["eagle1",{"tree":"mc_sim_7b_63"}],["eagle2",{"depth":6,"top_k":10,"total_tokens":60}],["eagle2",{"depth":5,"top_k":8,"total_tokens":32}]]' \
-  --out "$WORK/engine-bench.json" 2>&1 | tee "$WORK/engine-bench.txt" || echo "engine benchmark exited $?"
+  --run-dir "$WORK/runs/engine-bench" --out "$WORK/engine-bench.json" 2>&1 | tee "$WORK/engine-bench.txt" || echo "engine benchmark exited $?"
 
 stamp "baseline"
 mkdir -p "$WORK/baselines"

@@ -139,6 +139,9 @@ def validate(options: BackendOptions, suite: Suite | None = None, *, gpu_count: 
         wrong.append("--workers")
     if wrong:
         raise BackendError(f"{', '.join(wrong)} do(es) not apply to --backend {options.backend} (see `python -m harness run --help`)")
+    if suite is not None and suite.schedule == "interleaved":
+        raise BackendError(f"{suite.path}: schedule: interleaved times every model entry side by side in one process; "
+                           f"drop --backend {options.backend} (or use schedule: by_model)")
     if options.retries < 0:
         raise BackendError(f"--retries {options.retries}: must be >= 0")
     if options.chunk is not None and options.chunk < 0:
