@@ -89,6 +89,9 @@ class RunOptions:
     progress: bool = True  # tqdm bars
     overrides: Mapping[str, Any] = field(default_factory=dict)  # recorded in the manifest
     backend: Any = None  # a harness.backends.Backend that fans units out to workers; None: this process runs every cell
+    # The method registry the suite was read with (eagle2.schema.Registry of MethodSpec, e.g.
+    # METHODS.with_entry(a new method)); None: the shipped eagle2.methods.METHODS.
+    methods: Any = None
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,8 @@ class Runner:
         self.suite = suite
         self.options = options
         self.out = options.out_dir
-        all_cells = expand(suite)
+        self.methods = options.methods if options.methods is not None else METHODS
+        all_cells = expand(suite, self.methods)
         self.cells = shard_cells(all_cells, *options.shard) if options.shard else all_cells
         self.results = JsonlLog(self.out / RESULTS_FILE)
         self.failures = JsonlLog(self.out / FAILURES_FILE)
@@ -303,7 +307,7 @@ class Runner:
 
         out: dict[str, Any] = {}
         for config in _unique(c.model for c in self.cells):
-            kinds = {METHODS[c.method].head_kind for c in self.cells if c.model.name == config.name and METHODS[c.method].needs_head}
+            kinds = {self.methods[c.method].head_kind for c in self.cells if c.model.name == config.name and self.methods[c.method].needs_head}
             head = effective_head(config) if "eagle" in kinds else None
             try:
                 weights = weights_fingerprint(config.source, gguf_file=config.gguf_file, revision=config.revision)
@@ -542,8 +546,8 @@ class Runner:
         load = measure(before, snapshot(), threads=torch.get_num_threads(), device=loaded.target.device.type)
         text = loaded.tokenizer.decode(list(record.output_ids), skip_special_tokens=True)  # after timing
         binding = self.bindings.get(cell.model.name, {})
-        uses_head = METHODS[cell.method].needs_head
-        head_kind = METHODS[cell.method].head_kind
+        uses_head = self.methods[cell.method].needs_head
+        head_kind = self.methods[cell.method].head_kind
         head_binding = "head_sha256" if head_kind == "eagle" else f"{head_kind}_head_sha256"
         return ResultRow.from_record(
             cell,
@@ -651,11 +655,11 @@ class Runner:
             cache.decoders.clear()
             cache.warmed.clear()
             gc.collect()
-            head_kinds = {METHODS[c.method].head_kind for c in self.cells if c.model.name == cell.model.name and METHODS[c.method].needs_head}
+            head_kinds = {self.methods[c.method].head_kind for c in self.cells if c.model.name == cell.model.name and self.methods[c.method].needs_head}
             cache.loaded = self._load_model(cell.model, head_kinds)
             cache.model = cell.model.name
         loaded = cache.loaded
-        spec = METHODS[cell.method]
+        spec = self.methods[cell.method]
         if spec.needs_head and spec.head_kind in loaded.head_errors:
             raise loaded.head_errors[spec.head_kind]
         if cell.cell_id not in cache.decoders:
@@ -680,7 +684,7 @@ class Runner:
         todo = [c for c in cells if not all(self._unit_done(c, q, r) for q in self.questions[c.task.name] for r in range(c.repeats))]
         if not todo:
             return None
-        head_kinds = {METHODS[c.method].head_kind for c in todo if METHODS[c.method].needs_head}
+        head_kinds = {self.methods[c.method].head_kind for c in todo if self.methods[c.method].needs_head}
         logger.info("loading model %s (%s)", config.name, config.source)
         try:
             loaded = self._load_model(config, head_kinds)
@@ -698,11 +702,11 @@ class Runner:
         self._write_manifest()
         decoders: dict[str, Any] = {}
         for cell in todo:
-            if METHODS[cell.method].needs_head and METHODS[cell.method].head_kind in loaded.head_errors:
-                self._fail(cell, loaded.head_errors[METHODS[cell.method].head_kind])
+            if self.methods[cell.method].needs_head and self.methods[cell.method].head_kind in loaded.head_errors:
+                self._fail(cell, loaded.head_errors[self.methods[cell.method].head_kind])
                 continue
             try:
-                spec = METHODS[cell.method]
+                spec = self.methods[cell.method]
                 decoders[cell.cell_id] = spec.create(loaded.target, loaded.heads.get(spec.head_kind), cell.method_params)
             except Exception as error:
                 self._fail(cell, error)
@@ -884,6 +888,9 @@ class Runner:
             logger.warning("the half-precision lossless audit (audit.jsonl) does not run with a backend; models: %s", ", ".join(half))
 
     def run(self) -> RunSummary:
+        if self.options.backend is not None and self.options.methods is not None:
+            raise ValueError("a method registry other than eagle2.methods.METHODS runs in this process only: "
+                             "workers build their methods from the shipped registry (drop --workers/--backend)")
         if self.options.backend is not None and self.suite.schedule == "interleaved":
             raise ValueError(f"{self.suite.path}: schedule: interleaved times every model entry side by side in one process; "
                              "run it without --workers/--backend (or use schedule: by_model)")

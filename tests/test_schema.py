@@ -4,6 +4,7 @@ proposer plus one registry entry."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO_ROOT, random_prompt
+from conftest import DATA_DIR, REPO_ROOT, random_prompt
 from eagle2 import METHODS, MethodSpec, SamplingConfig
 from eagle2.draft import FINAL_NORM
 from eagle2.methods import engine_decoder
@@ -158,6 +159,22 @@ def test_a_new_method_is_one_registry_entry(target):
         record = decoder(prompt, max_new_tokens=20, sampling=SamplingConfig(), stop_token_ids=(), generator=None)
         assert record.output_ids == vanilla.output_ids  # lossless, like every method on the one decode loop
         assert record.target_forwards <= vanilla.target_forwards
+
+
+def test_a_new_method_runs_through_the_runner_from_its_registry_entry(tmp_path):
+    from harness.runner import RunOptions, run_suite
+    from harness.tasks import DataSource
+
+    methods = METHODS.with_entry(REPEAT_ROOT)
+    suite = suite_from_dict(yaml.safe_load(TOY_SUITE), "toy.yaml", methods=methods)
+    out = tmp_path / "out"
+    summary = run_suite(suite, RunOptions(out_dir=out, data=DataSource(data_dir=DATA_DIR, allow_download=False), progress=False, methods=methods))
+    assert summary.status == "complete" and summary.failures == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    outputs = {(r["method"], json.dumps(r["method_params"], sort_keys=True), r["turn"]): r["output_ids"] for r in records}
+    assert {(m, p) for m, p, _ in outputs} == {("vanilla", "{}"), ("repeat_root", '{"length": 1}'), ("repeat_root", '{"length": 4}')}
+    for (method, params, turn), ids in outputs.items():
+        assert ids == outputs[("vanilla", "{}", turn)]  # greedy: the toy method is lossless through the runner too
 
 
 def test_a_registry_refuses_a_name_twice():
