@@ -512,7 +512,7 @@ def cmd_rank_vocab(args: argparse.Namespace) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, dtype_flag: str = "--dtype") -> None:
     parser.add_argument("--model", default="embedded", help="target: embedded (SmolLM2-135M-Instruct), a folder, a hub id or a .gguf path")
-    parser.add_argument(dtype_flag, dest="dtype", default="auto", help="target dtype, as the engine runs it (auto = float32 for GGUF)")
+    parser.add_argument(dtype_flag, dest="dtype", default="auto", help="target dtype, as the engine runs it (auto, as in a suite: bfloat16 for a GGUF on CUDA or a CPU with AMX/AVX512-BF16, else float32)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where transformers puts it)")
     parser.add_argument("--chat-template", default="tokenizer", help="'tokenizer' (its own template, as the suites use) or a FastChat template name")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (on a shared CPU, 1 per process avoids OpenMP spin-waiting)")
