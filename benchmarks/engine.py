@@ -135,7 +135,8 @@ def result_rows(tables: Any, variants: list[Variant], methods: list[tuple[str, d
             "engine_path": info.get("engine_path"),
             "method": r["method"],
             "params": parse_params(r["params"]),
-            "label": method_label(r["method"], parse_params(r["params"])),
+            "label": method_label(r["method"], parse_params(r["params"]))
+            + (f" vocab {parse_params(r['params'])['draft_vocab_size']}" if parse_params(r["params"]).get("draft_vocab_size") else ""),
             "tokens": int(r["new_tokens"]),
             "seconds": round(float(r["time_s"]), 3),
             "tokens_per_s": round(float(r["tokens_per_s"]), 2),
