@@ -124,6 +124,7 @@ def result_rows(tables: Any, variants: list[Variant], methods: list[tuple[str, d
     rows = []
     for r in sorted(tables.summary.to_dict("records"), key=order):
         variant = by_entry[r["model"]]
+        params = parse_params(r["params"])
         info = models.get(r["model"], {})
         compared = int(r["lossless_compared"] or 0) if r["method"] != "vanilla" else 0
         near, unexplained = (int(r["lossless_near_ties"] or 0), int(r["lossless_mismatches"] or 0)) if compared else (0, 0)
@@ -134,9 +135,8 @@ def result_rows(tables: Any, variants: list[Variant], methods: list[tuple[str, d
             "path": variant.path,
             "engine_path": info.get("engine_path"),
             "method": r["method"],
-            "params": parse_params(r["params"]),
-            "label": method_label(r["method"], parse_params(r["params"]))
-            + (f" vocab {parse_params(r['params'])['draft_vocab_size']}" if parse_params(r["params"]).get("draft_vocab_size") else ""),
+            "params": params,
+            "label": method_label(r["method"], params) + (f" vocab {params['draft_vocab_size']}" if params.get("draft_vocab_size") else ""),
             "tokens": int(r["new_tokens"]),
             "seconds": round(float(r["time_s"]), 3),
             "tokens_per_s": round(float(r["tokens_per_s"]), 2),

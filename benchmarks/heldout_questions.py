@@ -42,11 +42,10 @@ def main() -> None:
     index = EvalIndex.of(eval_texts(args.data_dir, EVAL_SETS))
     rows = []
     for folder in sorted(p for p in args.work.iterdir() if p.is_dir() and any(p.glob("chunk-*.jsonl"))):
-        prompts = [row["prompt"] for path in sorted(folder.glob("chunk-*.jsonl")) for row in read_jsonl_input(path)]
-        overlapping = [text for text in prompts if index.find(text) is not None]
-        if overlapping:
-            print(f"{folder}: {len(overlapping)} prompt(s) overlap an evaluation set; left out", file=sys.stderr)
-            prompts = [text for text in prompts if text not in overlapping]
+        written = [row["prompt"] for path in sorted(folder.glob("chunk-*.jsonl")) for row in read_jsonl_input(path)]
+        prompts = [text for text in written if index.find(text) is None]
+        if len(prompts) < len(written):
+            print(f"{folder}: {len(written) - len(prompts)} prompt(s) overlap an evaluation set; left out", file=sys.stderr)
         picked = prompts[:: args.every][: args.per_kind]
         if len(picked) < args.per_kind:
             print(f"{folder}: only {len(picked)} of {args.per_kind} prompts", file=sys.stderr)

@@ -111,9 +111,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-ENGINE_PATHS = ("eager", "static", "compiled")
-
-
 def resolve_compile(setting: str | bool, device: torch.device, dtype: torch.dtype | None = None) -> str:
     """The engine path a model's `compile` setting selects: eager (the dynamic engine), static (fixed
     shapes, eagle2.static, not compiled) or compiled (fixed shapes + torch.compile).
@@ -273,12 +270,12 @@ class Runner:
             if before != now:
                 flag = "--" + name.replace("_", "-")
                 problems.append(f"{flag}: {_show(before)} when the run began, {_show(now)} now")
-        # A setting added since the run began is absent from its manifest: equal when at its default.
-        defaults = {k: v for k, v in _plain_json(dataclasses.replace(self.suite, **{
-            f.name: f.default for f in dataclasses.fields(Suite) if f.default is not dataclasses.MISSING}).to_dict()).items()}
         new_suite = {k: v for k, v in _plain_json(self.suite.to_dict()).items() if k != "path"}
         old_suite = {k: v for k, v in (old_manifest.get("suite") or {}).items() if k != "path"}
-        old_suite.update({k: defaults[k] for k in new_suite if k not in old_suite and k in defaults} if old_suite else {})
+        if old_suite:  # a setting added since the run began is absent from its manifest: equal when at its default
+            defaults = _plain_json(dataclasses.replace(self.suite, **{
+                f.name: f.default for f in dataclasses.fields(Suite) if f.default is not dataclasses.MISSING}).to_dict())
+            old_suite.update({k: defaults[k] for k in new_suite.keys() - old_suite.keys() if k in defaults})
         changed = sorted(k for k in set(old_suite) | set(new_suite) if old_suite.get(k) != new_suite.get(k))
         if old_suite and changed:
             problems.append(f"suite {self.suite.path}: {', '.join(changed)} differ from the suite the run began with")
@@ -804,8 +801,9 @@ class Runner:
     def _audit(self, prepared: _Prepared, reference_target: Any = None) -> None:
         """Classify this model's greedy half-precision mismatches with vanilla (harness.audit); untimed.
         The float32 reference is `reference_target` when given, else loaded on demand."""
-        config, loaded = prepared.config, prepared.loaded
         from harness.models import load_model
+
+        config, loaded = prepared.config, prepared.loaded
 
         questions = {(task, q.question_id): q for task, items in self.questions.items() for q in items}
 
@@ -888,12 +886,10 @@ class Runner:
             logger.warning("the half-precision lossless audit (audit.jsonl) does not run with a backend; models: %s", ", ".join(half))
 
     def run(self) -> RunSummary:
-        if self.options.backend is not None and self.options.methods is not None:
-            raise ValueError("a method registry other than eagle2.methods.METHODS runs in this process only: "
-                             "workers build their methods from the shipped registry (drop --workers/--backend)")
-        if self.options.backend is not None and self.suite.schedule == "interleaved":
-            raise ValueError(f"{self.suite.path}: schedule: interleaved times every model entry side by side in one process; "
-                             "run it without --workers/--backend (or use schedule: by_model)")
+        if self.options.backend is not None:
+            from harness.backends import check_runs_on_workers
+
+            check_runs_on_workers(self.suite, self.options.backend.options.backend, custom_methods=self.options.methods is not None)
         self._check_code_isolation()
         make_folder(self.out)
         with RunLock(self.out):  # held until the manifest is final: no second run or resume meanwhile

@@ -402,6 +402,14 @@ def test_interleaved_schedule_refuses_a_backend(tmp_path):
         run_suite(suite, options(tmp_path / "out", backend=make_backend(BackendOptions(workers=2))))
 
 
+def test_a_method_registry_of_ones_own_refuses_a_backend(tmp_path):
+    from eagle2.methods import METHODS
+    from harness.backends import BackendOptions, make_backend
+
+    with pytest.raises(ValueError, match="a method registry other than eagle2.methods.METHODS runs in this process only"):
+        run_suite(make_suite(tmp_path), options(tmp_path / "out", backend=make_backend(BackendOptions(workers=2)), methods=METHODS))
+
+
 def test_a_run_from_before_a_new_suite_setting_resumes_at_its_default(full_run, tmp_path):
     """A manifest written before `schedule` existed lacks the key; at its default the suite is the same."""
     import shutil

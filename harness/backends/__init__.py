@@ -119,6 +119,18 @@ def visible_gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def check_runs_on_workers(suite: Suite, backend: str, *, custom_methods: bool = False) -> None:
+    """Refuse what worker processes cannot run: an interleaved schedule (it times every model entry
+    side by side in one process) or a method registry of one's own (workers build their methods
+    from the shipped eagle2.methods.METHODS)."""
+    if suite.schedule == "interleaved":
+        raise BackendError(f"{suite.path}: schedule: interleaved times every model entry side by side in one process; "
+                           f"drop --backend {backend} / --workers (or use schedule: by_model)")
+    if custom_methods:
+        raise BackendError("a method registry other than eagle2.methods.METHODS runs in this process only: "
+                           f"workers build their methods from the shipped registry (drop --backend {backend} / --workers)")
+
+
 def validate(options: BackendOptions, suite: Suite | None = None, *, gpu_count: int | None = None) -> None:
     """Reject bad or contradictory options before anything starts; messages list the valid values."""
     if options.backend not in BACKENDS:
@@ -139,9 +151,8 @@ def validate(options: BackendOptions, suite: Suite | None = None, *, gpu_count: 
         wrong.append("--workers")
     if wrong:
         raise BackendError(f"{', '.join(wrong)} do(es) not apply to --backend {options.backend} (see `python -m harness run --help`)")
-    if suite is not None and suite.schedule == "interleaved":
-        raise BackendError(f"{suite.path}: schedule: interleaved times every model entry side by side in one process; "
-                           f"drop --backend {options.backend} (or use schedule: by_model)")
+    if suite is not None:
+        check_runs_on_workers(suite, options.backend)
     if options.retries < 0:
         raise BackendError(f"--retries {options.retries}: must be >= 0")
     if options.chunk is not None and options.chunk < 0:
