@@ -520,6 +520,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, dtype_flag: str = "-
 
 def add_stages(stages: argparse._SubParsersAction) -> None:
     """The `train` command's stages, each with its options."""
+    from eagle2.train.eagle3 import LM_HEAD_INITS, Eagle3TrainConfig
     from eagle2.train.trainer import TrainConfig
 
     p = stages.add_parser("prompts", help="collect and overlap-check training prompts")
@@ -581,6 +582,8 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default=None, help="checkpoint/log folder (default WORK/train); give each run over the same WORK its own")
     p.add_argument("--head-kind", choices=["eagle", "eagle3"], default="eagle",
                    help="eagle: the EAGLE-1/2 layout (default); eagle3: an EAGLE-3 head trained with the training-time test")
+    p.add_argument("--lm-head-init", choices=LM_HEAD_INITS, default=Eagle3TrainConfig().lm_head_init,
+                   help="eagle3: start the head's lm_head (draft-vocabulary rows) and final norm from the target's, or at random")
     add_model_arguments(p)
     p.set_defaults(func=cmd_train)
 

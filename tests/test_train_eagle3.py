@@ -1,13 +1,15 @@
 """EAGLE-3 training at tiny scale: the training-time test equals drafting at inference, masking,
 draft vocabulary from the data, loss goes down, the trained head is lossless and round-trips."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from eagle2 import DynamicTreeProposer, Eagle3Head, generate
 from eagle2.draft import make_drafter
 from eagle2.train.dataset import Record
-from eagle2.train.eagle3 import Eagle3TrainConfig, target_signals, train_eagle3, ttt_forward, ttt_losses
+from eagle2.train.eagle3 import Eagle3TrainConfig, _lr_at, init_eagle3_head, target_signals, train_eagle3, ttt_forward, ttt_losses
 from conftest import random_prompt, tiny_llama
 
 VOCAB = 23
@@ -76,6 +78,7 @@ def test_tiny_training_learns_ships_a_draft_vocabulary_and_stays_lossless(target
     rows = []
     head, summary = train_eagle3(target, records, config, progress=lambda step, total, row: rows.append(row))
     assert summary["steps"] == len(rows) == config.epochs * summary["train_records"]
+    assert summary["epochs_done"] == config.epochs and not summary["stopped_by_time_budget"]
     first = sum(r["step0_loss"] for r in rows[: summary["train_records"]])
     last = sum(r["step0_loss"] for r in rows[-summary["train_records"] :])
     assert last < 0.9 * first  # the head learns the target's distribution (the floor is its entropy, not 0)
@@ -93,6 +96,34 @@ def test_tiny_training_learns_ships_a_draft_vocabulary_and_stays_lossless(target
         record = generate(target, prompt, max_new_tokens=24, proposer=DynamicTreeProposer(candidate, target, depth=4, top_k=3, total_tokens=10))
         assert record.output_ids == expected.output_ids
     assert torch.equal(again.draft_token_ids(), head.draft_token_ids())
+
+
+def test_a_time_budget_stops_training_and_ends_the_schedule_with_it(target):
+    records = make_records(target, 6)
+    config = Eagle3TrainConfig(epochs=50, ttt_steps=2, draft_vocab_size=15, heldout_fraction=0.2, seed=0, max_seconds=1e-9)
+    rows = []
+    head, summary = train_eagle3(target, records, config, progress=lambda step, total, row: rows.append(row))
+    assert summary["stopped_by_time_budget"] and summary["epochs_done"] < 1 and summary["steps"] == len(rows) == 0
+    assert summary["heldout"] is not None and not head.training  # still evaluated and returned ready to draft
+    # The cosine schedule follows elapsed time when it is further along than the step count.
+    planned = Eagle3TrainConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=2)
+    assert _lr_at(10, 1000, planned, elapsed_fraction=1.0) == pytest.approx(1e-4)
+    assert _lr_at(10, 1000, planned, elapsed_fraction=0.5) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert _lr_at(10, 1000, planned) > _lr_at(10, 1000, planned, elapsed_fraction=0.5)
+
+
+def test_the_head_can_start_from_the_targets_lm_head_rows_and_final_norm(target):
+    records = make_records(target, 4)
+    config = Eagle3TrainConfig(draft_vocab_size=15, seed=0)
+    head = init_eagle3_head(target, records, config)
+    vocab = head.draft_token_ids()
+    assert torch.equal(head.lm_head.weight, target.lm_head.weight[vocab].float())
+    assert torch.equal(head.norm.weight, target.decoder.norm.weight.float())
+    scratch = init_eagle3_head(target, records, replace(config, lm_head_init="random"))
+    assert torch.equal(scratch.draft_token_ids(), vocab) and not torch.equal(scratch.lm_head.weight, head.lm_head.weight)
+    assert bool((scratch.norm.weight == 1).all())
+    with pytest.raises(ValueError, match="lm_head_init must be one of target, random"):
+        Eagle3TrainConfig(lm_head_init="zeros")
 
 
 def test_cli_trains_an_eagle3_head_on_the_distilled_records(tmp_path):

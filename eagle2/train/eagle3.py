@@ -52,6 +52,22 @@ class Eagle3TrainConfig:
     max_pairs: int = 512  # longer records are cut
     heldout_fraction: float = 0.05
     seed: int = 0
+    # Wall-clock budget of the training loop in seconds (0 = none). With a budget the learning-rate
+    # schedule runs on whichever is further along, steps or time, so the cosine ends when the budget
+    # does; training stops there (summary: stopped_by_time_budget, epochs_done).
+    max_seconds: float = 0.0
+    # The head's own lm_head (draft-vocabulary rows) and final norm start as the target's (`target`),
+    # or at random (`random`): the head's output then only has to approach the target's last hidden
+    # state to score like the target, as an EAGLE-1/2 head does through the target's frozen lm_head.
+    # Both stay trainable; the checkpoint layout is the official one either way.
+    lm_head_init: str = "target"
+
+    def __post_init__(self) -> None:
+        if self.lm_head_init not in LM_HEAD_INITS:
+            raise ValueError(f"lm_head_init must be one of {', '.join(LM_HEAD_INITS)}, got {self.lm_head_init!r}")
+
+
+LM_HEAD_INITS = ("target", "random")
 
 
 @dataclass(frozen=True)
@@ -145,18 +161,28 @@ def ttt_losses(head: Eagle3Head, target: TargetModel, record: Record, signals: T
 
 
 def init_eagle3_head(target: TargetModel, records: Sequence[Record], config: Eagle3TrainConfig, always: Sequence[int] = ()) -> Eagle3Head:
-    """A random head whose draft vocabulary is the most frequent answer tokens of `records`."""
+    """A head whose draft vocabulary is the most frequent answer tokens of `records`: random, with
+    the lm_head rows and final norm copied from the target when `config.lm_head_init` is `target`."""
     counts = answer_token_counts(records, target.vocab_size)
     size = config.draft_vocab_size or target.vocab_size
     vocab = choose_draft_vocab(counts, size, always)
     logger.info("draft vocabulary: %d tokens, %.1f%% of answer tokens", vocab.numel(), 100 * coverage(counts, vocab))
-    return Eagle3Head.random(target.config, seed=config.seed, draft_vocab=vocab)
+    head = Eagle3Head.random(target.config, seed=config.seed, draft_vocab=vocab)
+    if config.lm_head_init == "target":
+        final_norm = getattr(target.decoder, "norm", None)
+        with torch.no_grad():
+            head.lm_head.weight.copy_(target.lm_head.weight.detach()[vocab.to(target.device)].to("cpu", torch.float32))
+            if final_norm is not None and tuple(final_norm.weight.shape) == tuple(head.norm.weight.shape):
+                head.norm.weight.copy_(final_norm.weight.detach().to("cpu", torch.float32))
+            else:
+                logger.warning("the target has no final norm at decoder.norm of the head's width; the head's norm starts at 1")
+    return head
 
 
-def _lr_at(step: int, total: int, config: Eagle3TrainConfig) -> float:
+def _lr_at(step: int, total: int, config: Eagle3TrainConfig, elapsed_fraction: float = 0.0) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(total - config.warmup_steps, 1)
+    progress = max((step - config.warmup_steps) / max(total - config.warmup_steps, 1), elapsed_fraction)
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
@@ -208,16 +234,23 @@ def train_eagle3(
     step = 0
     started = time.perf_counter()
     history = []
+    out_of_time = False
+    epochs_done = 0.0
     for epoch in range(config.epochs):
         indices = list(range(len(train_records)))
         order.shuffle(indices)
-        for index in indices:
+        for done, index in enumerate(indices):
+            elapsed = time.perf_counter() - started
+            if config.max_seconds and elapsed >= config.max_seconds:
+                out_of_time = True
+                epochs_done = epoch + done / len(indices)
+                break
             record = _cut(train_records[index], config.max_pairs)
             if record.tokens.shape[0] < 3:
                 step += 1
                 continue
             for group in optimiser.param_groups:
-                group["lr"] = _lr_at(step, total, config)
+                group["lr"] = _lr_at(step, total, config, elapsed / config.max_seconds if config.max_seconds else 0.0)
             result = ttt_losses(head, target, record, target_signals(target, head, record.tokens), config.ttt_steps)
             loss = sum(w * l for w, l in zip(weights, result.losses))
             optimiser.zero_grad(set_to_none=True)
@@ -229,12 +262,18 @@ def train_eagle3(
             history.append(row)
             if progress is not None:
                 progress(step, total, row)
+        if out_of_time:
+            logger.info("time budget of %.0f s reached at step %d (%.2f epochs); stopping", config.max_seconds, step, epochs_done)
+            break
+        epochs_done = epoch + 1.0
     head.eval()
     summary = {
         "config": asdict(config),
         "train_records": len(train_records),
         "heldout_records": len(heldout),
         "steps": step,
+        "epochs_done": epochs_done,
+        "stopped_by_time_budget": out_of_time,
         "seconds": time.perf_counter() - started,
         "first_loss": history[0]["loss"] if history else None,
         "last_loss": history[-1]["loss"] if history else None,
