@@ -247,7 +247,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
             try:
                 suite = load_suite(file)
                 print(f"  {str(rel):<32} {len(expand(suite)):>4} cells  {suite.description}")
-            except (SuiteError, FileNotFoundError) as error:
+            except SuiteError as error:
+                if error.missing_heads and len(error.missing_heads) == len(error.problems):
+                    print(f"  {str(rel):<32}  needs heads trained first ({', '.join(error.missing_heads)}): "
+                          "the commands are in its header")
+                else:
+                    print(f"  {str(rel):<32}  INVALID: {str(error).splitlines()[0]}")
+            except FileNotFoundError as error:
                 print(f"  {str(rel):<32}  INVALID: {str(error).splitlines()[0]}")
     return EXIT_OK
 

@@ -72,11 +72,14 @@ _NULL = type(None)
 
 
 class SuiteError(ValueError):
-    """A suite file that does not validate; the message lists every problem, one per line."""
+    """A suite file that does not validate; the message lists every problem, one per line.
+    `missing_heads`: the local head folders it names that do not exist (yet), so a caller can tell a
+    suite whose heads are still to be trained from a broken one."""
 
-    def __init__(self, path: str, problems: Sequence[str]) -> None:
+    def __init__(self, path: str, problems: Sequence[str], missing_heads: Sequence[str] = ()) -> None:
         self.path = path
         self.problems = list(problems)
+        self.missing_heads = tuple(missing_heads)
         plural = "s" if len(self.problems) != 1 else ""
         super().__init__(f"{path}: {len(self.problems)} problem{plural}:\n" + "\n".join(f"  {p}" for p in self.problems))
 
@@ -504,7 +507,13 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
                 check.error(("tasks", task_index, "max_new_tokens"), problem)
 
     if check.problems:
-        raise SuiteError(path, check.problems)
+        raw_models = data.get("models")
+        missing_heads = [
+            spec for model in (raw_models if isinstance(raw_models, list) else []) if isinstance(model, Mapping)
+            for key in (*HEAD_KEYS.values(), "head_fallback")
+            for spec in [model.get(key)] if isinstance(spec, str) and is_missing_head_folder(spec)
+        ]
+        raise SuiteError(path, check.problems, missing_heads=list(dict.fromkeys(missing_heads)))
     given = {key: data[key] for key in SUITE_FIELDS if key in data}
     sampling = SamplingSettings(**given.get("sampling", {}))
     return Suite(**{
@@ -633,6 +642,17 @@ def context_problem(model: ModelConfig, max_new_tokens: Any) -> str | None:
             f"{context} tokens (max_position_embeddings, {where}); allowed: 1 to {context - 1} minus the prompt")
 
 
+def _looks_local(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") != 1 or Path(spec).expanduser().exists()
+
+
+def is_missing_head_folder(spec: str) -> bool:
+    """A head given as a local folder that does not exist (random, built-ins and hub ids are not)."""
+    if spec == "random" or spec.startswith("builtin:"):
+        return False
+    return _looks_local(spec) and not Path(spec).expanduser().is_dir()
+
+
 def head_problem(spec: str) -> str | None:
     """Why a `head` value cannot be loaded, when that shows without loading it (None otherwise).
     random, builtin:NAME (reported by `validate` with its fallback) and hub ids (owner/name) pass;
@@ -640,10 +660,9 @@ def head_problem(spec: str) -> str | None:
     if spec == "random" or spec.startswith("builtin:"):
         return None
     path = Path(spec).expanduser()
-    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") != 1 or path.exists()
-    if not looks_local:
+    if not _looks_local(spec):
         return None  # a hub id: checked when it is downloaded
-    if not path.is_dir():
+    if is_missing_head_folder(spec):
         return (f"head {spec!r}: no such folder ({path.resolve()}); allowed: random, builtin:NAME, "
                 "a folder with an EAGLE head (config.json + model.safetensors) or a hub id (owner/name)")
     config = path / "config.json"
