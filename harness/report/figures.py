@@ -23,6 +23,7 @@ from harness.report.view import FigureEntry, ReportView
 
 FIGURE_DPI = 200
 MAX_BARS_PER_TASK = 6  # beyond this, bar/line figures show each method's best configuration only
+FEW_DEPTH_STEPS = 20  # below this many steps reaching a depth, α_d is drawn hollow: a step or two make it 0 or 1
 
 
 METHOD_COLORS = {
@@ -357,6 +358,8 @@ def _fig_depth(view: ReportView, out: _FigureWriter) -> None:
             color = _shade(method_color(method), per_method[method].index(params), len(per_method[method]))
             label = view.labels(method, params) + (f" [{notes[(method, params)]}]" if (method, params) in notes else "")
             ax.plot(sub["depth"], sub["alpha"], marker="o", color=color, label=label)
+            sparse = sub[sub["reached"] < FEW_DEPTH_STEPS]
+            ax.scatter(sparse["depth"], sparse["alpha"], s=22, facecolors="white", edgecolors=color, linewidths=1.2, zorder=3)
         ax.set_xlabel("Draft depth $d$")
         ax.set_title(f"{model}, {temperature_label(temp)}")
         ax.set_ylim(-0.03, 1.03)
@@ -367,7 +370,8 @@ def _fig_depth(view: ReportView, out: _FigureWriter) -> None:
     fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)))
     out.save(fig, "acceptance_by_depth", "Acceptance by draft depth",
           "α_d: among steps whose drafted path was accepted down to depth d − 1 (so a depth-d draft was checked), the "
-          "share that accepted a depth-d token too; pooled over tasks.")
+          "share that accepted a depth-d token too; pooled over tasks. Hollow markers: fewer than "
+          f"{FEW_DEPTH_STEPS} steps reached that depth, too few for the rate to mean much.")
 
 
 def _fig_calibration(view: ReportView, out: _FigureWriter) -> None:
