@@ -9,7 +9,8 @@ import torch
 from eagle2 import DynamicTreeProposer, Eagle3Head, generate
 from eagle2.draft import make_drafter
 from eagle2.train.dataset import Record
-from eagle2.train.eagle3 import Eagle3TrainConfig, _lr_at, init_eagle3_head, target_signals, train_eagle3, ttt_forward, ttt_losses
+from eagle2.train.eagle3 import Eagle3TrainConfig, init_eagle3_head, target_signals, train_eagle3, ttt_forward, ttt_losses
+from eagle2.train.trainer import lr_at
 from conftest import random_prompt, tiny_llama
 
 VOCAB = 23
@@ -107,9 +108,9 @@ def test_a_time_budget_stops_training_and_ends_the_schedule_with_it(target):
     assert summary["heldout"] is not None and not head.training  # still evaluated and returned ready to draft
     # The cosine schedule follows elapsed time when it is further along than the step count.
     planned = Eagle3TrainConfig(lr=1e-3, min_lr_ratio=0.1, warmup_steps=2)
-    assert _lr_at(10, 1000, planned, elapsed_fraction=1.0) == pytest.approx(1e-4)
-    assert _lr_at(10, 1000, planned, elapsed_fraction=0.5) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
-    assert _lr_at(10, 1000, planned) > _lr_at(10, 1000, planned, elapsed_fraction=0.5)
+    assert lr_at(10, 1000, planned, elapsed_fraction=1.0) == pytest.approx(1e-4)
+    assert lr_at(10, 1000, planned, elapsed_fraction=0.5) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert lr_at(10, 1000, planned) > lr_at(10, 1000, planned, elapsed_fraction=0.5)
 
 
 def test_the_head_can_start_from_the_targets_lm_head_rows_and_final_norm(target):

@@ -24,7 +24,6 @@ Draft vocabulary: the `draft_vocab_size` most frequent answer tokens of the trai
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ import torch
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.target import TargetModel
 from eagle2.train.dataset import Record, answer_token_counts, choose_draft_vocab, coverage, split
+from eagle2.train.trainer import lr_at
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +179,6 @@ def init_eagle3_head(target: TargetModel, records: Sequence[Record], config: Eag
     return head
 
 
-def _lr_at(step: int, total: int, config: Eagle3TrainConfig, elapsed_fraction: float = 0.0) -> float:
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = max((step - config.warmup_steps) / max(total - config.warmup_steps, 1), elapsed_fraction)
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
 def _cut(record: Record, max_pairs: int) -> Record:
     keep = max_pairs + 2
     if record.tokens.shape[0] <= keep:
@@ -250,7 +243,7 @@ def train_eagle3(
                 step += 1
                 continue
             for group in optimiser.param_groups:
-                group["lr"] = _lr_at(step, total, config, elapsed / config.max_seconds if config.max_seconds else 0.0)
+                group["lr"] = lr_at(step, total, config, elapsed / config.max_seconds if config.max_seconds else 0.0)
             result = ttt_losses(head, target, record, target_signals(target, head, record.tokens), config.ttt_steps)
             loss = sum(w * l for w, l in zip(weights, result.losses))
             optimiser.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,9 @@ from eagle2.train.dataset import (
 from eagle2.file_io import JsonlLog, read_jsonl, write_json_atomic, write_jsonl_atomic
 from eagle2.train.io import atomic_torch_save, check_manifest
 from eagle2.train.unroll import step_weights, unroll
+
+if TYPE_CHECKING:
+    from eagle2.train.eagle3 import Eagle3TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -219,10 +223,13 @@ def init_head(target: TargetModel, config: TrainConfig) -> DraftHead:
     return DraftHead.random(target.config, seed=config.seed, num_layers=config.num_layers).float()
 
 
-def lr_at(step: int, total: int, config: TrainConfig) -> float:
+def lr_at(step: int, total: int, config: TrainConfig | Eagle3TrainConfig, elapsed_fraction: float = 0.0) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio over `total` steps, or over the time
+    budget when `elapsed_fraction` (share of --max-seconds spent) is further along, so a run the
+    budget stops has finished its decay rather than stopping at a high learning rate."""
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total - config.warmup_steps))
+    progress = min(1.0, max((step - config.warmup_steps) / max(1, total - config.warmup_steps), elapsed_fraction))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -385,7 +392,8 @@ def train(
         for number, batch in iterate(train_records, groups, start=next_batch, max_pairs=config.max_pairs):
             started = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total_steps, config)
+                group["lr"] = lr_at(step, total_steps, config,
+                                    (time.perf_counter() - run_started) / config.max_seconds if config.max_seconds else 0.0)
             result = losses(head, batch, noise=config.noise, generator=generator)
             total, feature, ce, count = result.total, result.feature, result.ce, result.pairs
             optimizer.zero_grad(set_to_none=True)
