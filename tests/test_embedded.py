@@ -42,17 +42,20 @@ def heads(target):
 
 
 def test_speculative_greedy_equals_vanilla_on_chat_prompts(embedded):
+    """A random head (nearly every draft rejected: every step verifies a whole tree, the costly
+    case, so two short answers) and the trained head (long accepted paths: four answers)."""
     target, prompts, stops = embedded
     for name, head in heads(target):
-        for prompt in prompts:
-            expected = generate(target, prompt, max_new_tokens=48, stop_token_ids=stops)
+        max_new_tokens = 24 if name == "random" else 48
+        for prompt in prompts[:2] if name == "random" else prompts:
+            expected = generate(target, prompt, max_new_tokens=max_new_tokens, stop_token_ids=stops)
             assert expected.new_tokens > 5
             for proposer in (
                 StaticTreeProposer(head, target),
                 DynamicTreeProposer(head, target),  # the official default tree
                 DynamicTreeProposer(head, target, depth=4, top_k=4, total_tokens=16),
             ):
-                record = generate(target, prompt, max_new_tokens=48, stop_token_ids=stops, proposer=proposer)
+                record = generate(target, prompt, max_new_tokens=max_new_tokens, stop_token_ids=stops, proposer=proposer)
                 assert record.output_ids == expected.output_ids, (name, type(proposer).__name__)
 
 
