@@ -248,7 +248,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 suite = load_suite(file)
                 print(f"  {str(rel):<32} {len(expand(suite)):>4} cells  {suite.description}")
             except SuiteError as error:
-                if error.missing_heads and len(error.missing_heads) == len(error.problems):
+                if error.only_missing_heads:
                     print(f"  {str(rel):<32}  needs heads trained first ({', '.join(error.missing_heads)}): "
                           "the commands are in its header")
                 else:

@@ -73,13 +73,14 @@ _NULL = type(None)
 
 class SuiteError(ValueError):
     """A suite file that does not validate; the message lists every problem, one per line.
-    `missing_heads`: the local head folders it names that do not exist (yet), so a caller can tell a
-    suite whose heads are still to be trained from a broken one."""
+    `missing_heads`: the local head folders it names that do not exist (yet); `only_missing_heads`:
+    they are its only problems, i.e. a suite whose heads are still to be trained, not a broken one."""
 
-    def __init__(self, path: str, problems: Sequence[str], missing_heads: Sequence[str] = ()) -> None:
+    def __init__(self, path: str, problems: Sequence[str], missing_heads: Sequence[str] = (), *, only_missing_heads: bool = False) -> None:
         self.path = path
         self.problems = list(problems)
         self.missing_heads = tuple(missing_heads)
+        self.only_missing_heads = only_missing_heads
         plural = "s" if len(self.problems) != 1 else ""
         super().__init__(f"{path}: {len(self.problems)} problem{plural}:\n" + "\n".join(f"  {p}" for p in self.problems))
 
@@ -513,7 +514,9 @@ def suite_from_dict(data: Any, path: str = "<suite>", lines: Mapping[tuple, int]
             for key in (*HEAD_KEYS.values(), "head_fallback")
             for spec in [model.get(key)] if isinstance(spec, str) and is_missing_head_folder(spec)
         ]
-        raise SuiteError(path, check.problems, missing_heads=list(dict.fromkeys(missing_heads)))
+        # Each head field naming a missing folder makes exactly one problem.
+        raise SuiteError(path, check.problems, missing_heads=list(dict.fromkeys(missing_heads)),
+                         only_missing_heads=len(missing_heads) == len(check.problems))
     given = {key: data[key] for key in SUITE_FIELDS if key in data}
     sampling = SamplingSettings(**given.get("sampling", {}))
     return Suite(**{
@@ -662,7 +665,7 @@ def head_problem(spec: str) -> str | None:
     path = Path(spec).expanduser()
     if not _looks_local(spec):
         return None  # a hub id: checked when it is downloaded
-    if is_missing_head_folder(spec):
+    if not path.is_dir():
         return (f"head {spec!r}: no such folder ({path.resolve()}); allowed: random, builtin:NAME, "
                 "a folder with an EAGLE head (config.json + model.safetensors) or a hub id (owner/name)")
     config = path / "config.json"

@@ -56,7 +56,7 @@ def test_shipped_suites_validate_and_expand(path, tmp_path):
     except SuiteError as error:
         # A suite that compares heads trained by the commands in its header names folders under runs/
         # (ignored by git), which a clean checkout lacks: that may be its only problem.
-        assert error.missing_heads and len(error.missing_heads) == len(error.problems), error
+        assert error.only_missing_heads, error
         assert all(Path(head).parts[0] == "runs" for head in error.missing_heads), error.missing_heads
         text = path.read_text()
         for head in error.missing_heads:
@@ -399,13 +399,19 @@ def test_head_paths_must_exist_and_hold_a_valid_config(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-head"
     with pytest.raises(SuiteError, match=r"models\[0\]\.head: head '.*no-such-head': no such folder.*allowed: random, builtin:NAME") as raised:
         load_suite(write(tmp_path, MINIMAL.replace("head: random", f"head: {missing}")))
-    assert raised.value.missing_heads == (str(missing),)
+    assert raised.value.missing_heads == (str(missing),) and raised.value.only_missing_heads
+    # The same missing folder for two models: two problems, one folder, still only that.
+    two = MINIMAL.replace("head: random", f"head: {missing}")
+    two = two.replace("models:\n", f"models:\n  - {{name: other, head: {missing}}}\n", 1)
+    with pytest.raises(SuiteError) as raised:
+        load_suite(write(tmp_path, two))
+    assert len(raised.value.problems) == 2 and raised.value.missing_heads == (str(missing),) and raised.value.only_missing_heads
     broken = tmp_path / "broken-head"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     with pytest.raises(SuiteError, match=r"config\.json is not valid JSON") as raised:
         load_suite(write(tmp_path, MINIMAL.replace("head: random", f"head: {broken}")))
-    assert raised.value.missing_heads == ()  # there, but broken: not "to be trained"
+    assert raised.value.missing_heads == () and not raised.value.only_missing_heads  # there, but broken: not "to be trained"
     # A hub id is not checked offline; it is downloaded (and checked) at run time.
     assert load_suite(write(tmp_path, MINIMAL.replace("head: random", "head: yuhuili/EAGLE-LLaMA3-Instruct-8B"))).models[0].head
 
