@@ -150,6 +150,17 @@ def test_slurm_time_formats():
     assert [backends.slurm_minutes(t) for t in ("90", "1:30", "01:30:00", "01:30:01", "2-00:00")] == [90, 90, 90, 91, 2880]
 
 
+def test_an_interleaved_suite_runs_in_process_but_not_on_workers(suite, capsys):
+    """schedule: interleaved times every entry in one process: the in-process default takes it,
+    any worker backend refuses it before anything starts."""
+    interleaved = load_suite_text(Path(suite.path).parent, SUITE + "schedule: interleaved\n")
+    validate(BackendOptions(), interleaved)
+    assert main(["validate", interleaved.path]) == 0
+    for flags in (["--workers", "2"], ["--backend", "ray"]):
+        assert main(["validate", interleaved.path, *flags]) == 2
+        assert "schedule: interleaved times every model entry side by side in one process" in capsys.readouterr().err
+
+
 def test_the_cli_rejects_bad_backend_options(suite, capsys):
     assert main(["validate", suite.path, "--backend", "spark"]) == 2
     assert "unknown backend 'spark'; valid: local, ray, slurm" in capsys.readouterr().err

@@ -151,7 +151,7 @@ def validate(options: BackendOptions, suite: Suite | None = None, *, gpu_count: 
         wrong.append("--workers")
     if wrong:
         raise BackendError(f"{', '.join(wrong)} do(es) not apply to --backend {options.backend} (see `python -m harness run --help`)")
-    if suite is not None:
+    if suite is not None and options.distributed:
         check_runs_on_workers(suite, options.backend)
     if options.retries < 0:
         raise BackendError(f"--retries {options.retries}: must be >= 0")
