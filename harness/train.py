@@ -382,7 +382,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 CURVE_X = {
     # x of a head in a learning curve, read from its training.json
-    "tokens": ("distilled tokens", lambda summary: summary["data"]["all_tokens"]),
+    # A fine-tuned head counts the tokens of the heads it started from too (None: not recorded).
+    "tokens": ("distilled tokens", lambda summary: summary["data"]["all_tokens"] + (summary["data"].get("inherited_tokens") or 0)),
     "epoch": ("epochs", lambda summary: summary.get("epochs_done", summary["config"]["epochs"])),
     "pairs": ("training pairs", lambda summary: summary["data"]["train_pairs"]),
 }

@@ -45,3 +45,23 @@ def test_a_learning_curve_over_epochs_and_data_sizes(tmp_path: Path) -> None:
     (tmp_path / "bare").mkdir()
     assert main(["-q", "train", "curve", "--heads", str(tmp_path / "bare"), "--out", str(tmp_path / "x.json"), "--run-dir", str(tmp_path / "run-bare"), *evaluate]) != 0
     assert not (tmp_path / "run-bare").exists()  # refused before anything ran
+
+
+def test_a_fine_tuned_head_counts_the_tokens_of_the_heads_it_started_from(tmp_path: Path) -> None:
+    from eagle2.train.trainer import inherited_tokens
+    from harness.train import CURVE_X
+
+    def head(name: str, data: dict) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "training.json").write_text(json.dumps({"data": data}))
+        return folder
+
+    scratch = head("v1", {"all_tokens": 500})  # written before heads recorded what they inherited
+    tuned = head("v2", {"all_tokens": 300, "inherited_tokens": inherited_tokens(str(scratch))})
+    assert inherited_tokens("") == 0 and inherited_tokens(str(tuned)) == 800
+    assert inherited_tokens(str(tmp_path / "no-such-head")) is None
+    unknown = head("v3", {"all_tokens": 100, "inherited_tokens": None})
+    assert inherited_tokens(str(unknown)) is None  # unknown stays unknown down the line
+    x_of = CURVE_X["tokens"][1]
+    assert [x_of(json.loads((f / "training.json").read_text())) for f in (scratch, tuned, unknown)] == [500, 800, 100]

@@ -18,6 +18,7 @@ so a resumed run continues with the very next batch.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
@@ -216,6 +217,20 @@ class LossComputer:
         return float((draft == reference).float().sum())
 
 
+def inherited_tokens(init_from: str) -> int | None:
+    """Distilled tokens the starting head was trained on, over its whole line of fine-tunes (0 from
+    scratch), so a learning curve can place a fine-tuned head by all the data behind it; None when
+    the starting head has no training.json to say."""
+    if not init_from:
+        return 0
+    path = Path(init_from) / "training.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())["data"]
+    before = data.get("inherited_tokens", 0)
+    return None if before is None else before + int(data["all_tokens"])
+
+
 def init_head(target: TargetModel, config: TrainConfig) -> DraftHead:
     """A random head (std 0.02, as the official training starts). Starting the layer from a copy of
     the target's last layer was tried and is far worse (its residual-stream scale does not match
@@ -319,6 +334,7 @@ def train(
         "train_pairs": sum(r.trained_pairs for r in train_records),
         "heldout_pairs": sum(r.trained_pairs for r in heldout),
         "all_tokens": sum(int(r.tokens.shape[0]) for r in records),
+        "inherited_tokens": inherited_tokens(config.init_from),
         "draft_vocab_size": int(draft_vocab.shape[0]) if draft_vocab is not None else vocab_size,
         "draft_vocab_coverage": vocab_coverage,
     }
