@@ -460,7 +460,8 @@ def plot_learning_curve(report: dict, path: Path) -> None:
     left.plot(xs, [row["tau"] for row in rows], marker="o")
     left.set_ylabel(f"τ ({report['method']}, T = {report['temperature']:g})")
     right.plot(xs, [row["heldout_top1"] for row in rows], marker="o", color="tab:orange")
-    right.set_ylabel("held-out top-1 draft accuracy")
+    # Each head's figure comes from its own training run: fine-tunes on new data hold out other records.
+    right.set_ylabel("held-out top-1 draft accuracy\n(each head's own held-out records)")
     for axis in (left, right):
         axis.set_xlabel(report["x_label"])
         axis.grid(alpha=0.3)
