@@ -153,7 +153,7 @@ def generate(
             start = cache.length
             if lazy_logits:
                 out = target.forward(tree.tokens, cache, tree=tree, logits_for=slice(0, 0), features=features, pad_to=tree_room)
-                verdict = verify(tree, LazyLogits(out.hidden, target.lm_head, likely=tree.likely_chain), sampling, generator)
+                verdict = verify(tree, LazyLogits(out.hidden, target.logits_of, likely=tree.likely_chain), sampling, generator)
             else:
                 out = target.forward(tree.tokens, cache, tree=tree, features=features, pad_to=tree_room)
                 verdict = verify(tree, out.logits, sampling, generator)

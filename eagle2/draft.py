@@ -228,6 +228,7 @@ class StaticHeadDrafter(HeadDrafter):
         self.cursor = SlotCursor(target.device)
         self._allocate(target.cache_capacity + self.DRAFT_SLACK)
         self.compiled = compile
+        self.scorer = target.draft_scorer(self.draft_vocab)
         self._scored_step = compiled_for(self._head_step, target.device) if compile else self._head_step
 
     def _allocate(self, capacity: int) -> None:
@@ -252,7 +253,7 @@ class StaticHeadDrafter(HeadDrafter):
         self.cursor.slots = slots
         self.cursor.view = mask.shape[-1]
         out = self.head(self.target.embed_tokens(tokens)[None], features[None], positions[None], mask=mask, cache=self.slot_cache)[0]
-        logits = F.linear(out[score_rows], self.lm_weight, self.lm_bias).float()
+        logits = self.scorer(out[score_rows]).float()
         top = torch.topk(torch.log_softmax(logits, dim=-1), k, dim=-1)
         children = top.indices if self.draft_vocab is None else self.draft_vocab[top.indices]
         return children, top.values, out

@@ -16,6 +16,13 @@ verification are unchanged. What differs:
 * With compile=True the forward (embedding, decoder, final norm) is torch.compile'd: inductor on a
   CPU, mode "reduce-overhead" (CUDA graphs) on CUDA. Each distinct (q, view) is one graph; callers
   compile ahead of timing with `warm_up()` (the harness does, and records the seconds).
+* Compiled on a CPU, the weights are frozen into the graphs (inductor's `freezing`), which lets it
+  repack every linear layer, the lm_head included, into oneDNN's blocked layout: a bf16 matmul of
+  a few rows then streams its weight about twice as fast as aten's. The model's attention becomes
+  transformers' "eager" (matmul + softmax) implementation, which inductor fuses: the CPU SDPA
+  kernel costs ~0.6 ms per call for one bf16 query row, ~18 ms per token over 30 layers
+  (`benchmarks/forward_step.py`). Frozen graphs keep the weights they were compiled with, so a
+  compiled target's weights must not change afterwards.
 
 The masks span the view ([1, 1, q, view] additive), so attention costs grow with the view, not the
 capacity.
@@ -28,6 +35,8 @@ import time
 from collections.abc import Sequence
 
 import torch
+import torch._inductor.config as inductor_config
+from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -113,9 +122,24 @@ class StaticTreeKVCache(Cache):
         self.length = start + len(offsets)
 
 
-def compiled_for(function, device: torch.device):
-    """`function` torch.compile'd for `device`: inductor on a CPU, CUDA graphs ("reduce-overhead") on CUDA."""
-    return torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None)
+def compiled_for(function, device: torch.device, *, dynamic: bool | None = None, graphs: int = 64):
+    """`function` torch.compile'd for `device`: CUDA graphs ("reduce-overhead") on CUDA; inductor on a
+    CPU with the weights of the modules it calls frozen into the graph (see the module docstring).
+
+    Up to `graphs` shapes each get their own graph (dynamo's default stops at 8 and then runs the
+    rest eagerly, silently slower: a draft head alone meets more shapes than that, one per catch-up
+    length, depth width and top-k)."""
+    compiled = torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=dynamic)
+    freeze = device.type == "cpu"
+
+    def scoped(*args, **kwargs):
+        # Compilation happens inside a call (the first one, and each new shape's), so the settings are
+        # scoped to every call (~30 us). torch.compile(options={"freezing": True}) does not reach the
+        # pass that repacks the weights (torch 2.13); inductor's own scoped config does.
+        with torch._dynamo.config.patch(recompile_limit=graphs), inductor_config.patch(freezing=freeze):
+            return compiled(*args, **kwargs)
+
+    return scoped
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -133,10 +157,31 @@ class StaticTargetModel(TargetModel):
     def __init__(self, model: PreTrainedModel, *, compile: bool = False, capacity: int = 2048) -> None:
         super().__init__(model)
         self.compiled = compile
+        if compile and self.device.type == "cpu" and self.config._attn_implementation != "eager":
+            logger.info("compiled on a CPU: attention %s -> eager (inductor fuses it; see eagle2.static)", self.config._attn_implementation)
+            model.set_attn_implementation("eager")
         self.capacity = round_up(min(capacity, self.max_context) + 64, VIEW_MULTIPLE)
         self.compile_seconds = 0.0  # spent in warm_up() (compilation and first runs)
         self._cache: StaticTreeKVCache | None = None
+        self._draft_scorers: dict[tuple[int, ...] | None, nn.Linear] = {}
         self._step = compiled_for(self._decoder_step, self.device) if compile else self._decoder_step
+        # Row counts vary (1, a tree, the nodes a verifier visits): one dynamic graph (0 and 1 rows get their own).
+        self._project = compiled_for(self.lm_head, self.device, dynamic=True) if compile and self.device.type == "cpu" else self.lm_head
+
+    def draft_scorer(self, draft_vocab: torch.Tensor | None) -> nn.Linear:
+        """The lm_head restricted to the rows `draft_vocab` (None: all), as one module per vocabulary
+        for the life of this target. A drafter is made per generation; with the same module its
+        compiled graphs stay valid (dynamo guards on it), and a CPU compile freezes the weight once."""
+        key = None if draft_vocab is None else tuple(draft_vocab.tolist())
+        if key not in self._draft_scorers:
+            weight = self.lm_head.weight if draft_vocab is None else self.lm_head.weight[draft_vocab.to(self.device)]
+            bias = getattr(self.lm_head, "bias", None)
+            scorer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+            scorer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+            if bias is not None:
+                scorer.bias = nn.Parameter((bias if draft_vocab is None else bias[draft_vocab.to(self.device)]).detach(), requires_grad=False)
+            self._draft_scorers[key] = scorer
+        return self._draft_scorers[key]
 
     def new_cache(self, capacity: int) -> StaticTreeKVCache:
         # A padded tree may write up to its full size past the accepted prefix: 64 slots of slack.
@@ -221,10 +266,12 @@ class StaticTargetModel(TargetModel):
             hidden = self._decoder_step(tokens[None], positions[None], mask, slots, cache)[:query_length]
         cache.length = prefix + query_length
         selected = hidden if logits_for is None else hidden[logits_for]
-        logits = self.lm_head(selected)
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
-        return TargetOutput(logits=logits, hidden=hidden, features=extra)
+        return TargetOutput(logits=self.logits_of(selected), hidden=hidden, features=extra)
+
+    @torch.inference_mode()
+    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self._project(hidden)
+        return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
     def warm_up(self, tree_sizes: Sequence[int]) -> float:
         """Run (and so compile) the static shapes a generation uses: q = 1 and each padded tree size,

@@ -220,10 +220,13 @@ class TargetModel:
         hidden = outputs.last_hidden_state[0]
         extra = torch.cat([outputs.hidden_states[i][0] for i in layers], dim=-1) if layers else None
         selected = hidden if logits_for is None else hidden[logits_for]
-        logits = self.lm_head(selected)
-        if logits.dtype not in (torch.float32, torch.float64):
-            logits = logits.float()
-        return TargetOutput(logits=logits, hidden=hidden, features=extra)
+        return TargetOutput(logits=self.logits_of(selected), hidden=hidden, features=extra)
+
+    @torch.inference_mode()
+    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The target's logits ([n, V], float32, or float64 for a float64 model) for last hidden states [n, H]."""
+        logits = self.lm_head(hidden)
+        return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
     def check_features(self, features: FeatureSpec) -> tuple[int, ...]:
         """The decoder-layer indices a FeatureSpec reads, checked against this model's depth."""

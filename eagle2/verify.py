@@ -15,6 +15,7 @@ in float64, so a seed gives the same draws on any device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,9 +32,9 @@ class LazyLogits:
     small ones, so the decode loop uses this on the CPU only.
     """
 
-    def __init__(self, hidden: torch.Tensor, lm_head: torch.nn.Module, likely: list[int] | None = None) -> None:
+    def __init__(self, hidden: torch.Tensor, project: Callable[[torch.Tensor], torch.Tensor], likely: list[int] | None = None) -> None:
         self.hidden = hidden  # [n, H]
-        self.lm_head = lm_head
+        self.project = project  # hidden rows [m, H] -> logits [m, V] (the target's lm_head)
         self.rows: dict[int, torch.Tensor] = {}
         # Nodes the verifier will probably visit (the tree's likely chain): their rows are computed in
         # one matmul at the first visit to any of them. On a CPU the lm_head is memory-bound, so a
@@ -43,7 +44,7 @@ class LazyLogits:
     def __getitem__(self, node: int) -> torch.Tensor:
         if node not in self.rows:
             nodes = self.likely if node in self.likely else [node]
-            block = self.lm_head(self.hidden[nodes])
+            block = self.project(self.hidden[nodes])
             if block.dtype not in (torch.float32, torch.float64):
                 block = block.float()
             for index, row_node in enumerate(nodes):

@@ -488,6 +488,8 @@ class Runner:
             "compile": engine_path == "compiled",
             "engine_path": engine_path,
             "compile_requested": config.compile,
+            # transformers' attention implementation the target ran (a CPU compile switches it to eager)
+            "attention": getattr(loaded.target.config, "_attn_implementation", None),
             "dtype_reason": loaded.dtype_reason,
             "parameters": sum(p.numel() for p in loaded.target.model.parameters()),
             "weight_bytes_per_token": weight_bytes_per_token(loaded.target.model),

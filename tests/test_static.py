@@ -158,3 +158,47 @@ def test_compiled_static_path_equals_eager():
         assert generate(compiled, prompt, max_new_tokens=32).output_ids == expected
         proposer = DynamicTreeProposer(head, compiled, depth=5, top_k=4, total_tokens=16)
         assert generate(compiled, prompt, max_new_tokens=32, proposer=proposer).output_ids == expected
+    # A generation makes a new drafter: the same shapes again must reuse every graph (a drafter-owned
+    # module in a compiled call once made each generation recompile the head's graphs).
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    proposer = DynamicTreeProposer(head, compiled, depth=5, top_k=4, total_tokens=16)
+    assert generate(compiled, prompt, max_new_tokens=32, proposer=proposer).output_ids == expected
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bfloat16 on this CPU")
+def test_compiled_cpu_path_repacks_the_weights_and_keeps_the_outputs():
+    """On a CPU the compiled path freezes the weights, so inductor runs bf16 linear layers (the lm_head
+    included) as oneDNN packed matmuls, and its attention is the fused matmul + softmax, not SDPA."""
+    eager = tiny_llama(vocab_size=97, seed=5, dtype=torch.bfloat16)
+    prompt = torch.tensor(random_prompt(97, 10, 7))
+    reference_cache = eager.new_cache(64)
+    eager.forward(prompt, reference_cache)
+    expected = eager.forward(torch.tensor([3]), reference_cache).logits
+    compiled = StaticTargetModel(eager.model, compile=True, capacity=256)
+    assert compiled.config._attn_implementation == "eager"
+    cache = compiled.new_cache(64)
+    compiled.forward(prompt, cache)
+    compiled.forward(torch.tensor([3]), cache)  # compiles q = 1
+    cache.truncate(prompt.numel())
+    with torch.profiler.profile() as profile:
+        got = compiled.forward(torch.tensor([3]), cache).logits
+    ops = {event.key for event in profile.key_averages()}
+    assert "mkldnn::_linear_pointwise" in ops and "aten::mm" not in ops, sorted(ops)
+    assert not any("scaled_dot_product" in op for op in ops)
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)  # bf16: another summation order
+
+
+def test_compiled_draft_attention_equals_sdpa():
+    """The draft head's attention as compiled on a CPU (matmul + float32 softmax) equals SDPA."""
+    from eagle2.head import attend
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(1, 4, 3, 8, generator=generator) for _ in range(3))
+    key, value = torch.randn(1, 4, 20, 8, generator=generator), torch.randn(1, 4, 20, 8, generator=generator)
+    mask = torch.zeros(1, 1, 3, 20).masked_fill_(torch.rand(1, 1, 3, 20, generator=generator) < 0.3, torch.finfo(torch.float32).min)
+    mask[..., 0] = 0  # every row sees something
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    compiled = torch.compile(lambda q, k, v, m: attend(q, k, v, m, causal=False), backend="eager")
+    torch.testing.assert_close(compiled(query, key, value, mask), expected)
