@@ -380,10 +380,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         write_json_atomic(Path(args.out), report, sort_keys=True)
 
 
+def distilled_tokens_behind(summary: dict) -> int:
+    """A head's own distilled tokens plus those of the heads it was fine-tuned from. Where that line is
+    not recorded (data.inherited_tokens None, or absent with a config.init_from), only its own count,
+    with a warning: the curve would otherwise place the head too far left without saying so."""
+    data, init_from = summary["data"], (summary.get("config") or {}).get("init_from")
+    inherited = data.get("inherited_tokens", None if init_from else 0)
+    if inherited is None:
+        logger.warning("a head fine-tuned from %s does not record that head's distilled tokens (training.json "
+                       "data.inherited_tokens): its x counts only its own %d", init_from or "another head", data["all_tokens"])
+        return data["all_tokens"]
+    return data["all_tokens"] + inherited
+
+
 CURVE_X = {
     # x of a head in a learning curve, read from its training.json
-    # A fine-tuned head counts the tokens of the heads it started from too (None: not recorded).
-    "tokens": ("distilled tokens", lambda summary: summary["data"]["all_tokens"] + (summary["data"].get("inherited_tokens") or 0)),
+    "tokens": ("distilled tokens", distilled_tokens_behind),
     "epoch": ("epochs", lambda summary: summary.get("epochs_done", summary["config"]["epochs"])),
     "pairs": ("training pairs", lambda summary: summary["data"]["train_pairs"]),
 }

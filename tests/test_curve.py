@@ -47,7 +47,7 @@ def test_a_learning_curve_over_epochs_and_data_sizes(tmp_path: Path) -> None:
     assert not (tmp_path / "run-bare").exists()  # refused before anything ran
 
 
-def test_a_fine_tuned_head_counts_the_tokens_of_the_heads_it_started_from(tmp_path: Path) -> None:
+def test_a_fine_tuned_head_counts_the_tokens_of_the_heads_it_started_from(tmp_path: Path, caplog) -> None:
     from eagle2.train.trainer import inherited_tokens
     from harness.train import CURVE_X
 
@@ -64,4 +64,11 @@ def test_a_fine_tuned_head_counts_the_tokens_of_the_heads_it_started_from(tmp_pa
     unknown = head("v3", {"all_tokens": 100, "inherited_tokens": None})
     assert inherited_tokens(str(unknown)) is None  # unknown stays unknown down the line
     x_of = CURVE_X["tokens"][1]
-    assert [x_of(json.loads((f / "training.json").read_text())) for f in (scratch, tuned, unknown)] == [500, 800, 100]
+    with caplog.at_level("WARNING", logger="harness.train"):
+        assert [x_of(json.loads((f / "training.json").read_text())) for f in (scratch, tuned)] == [500, 800]
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="harness.train"):
+        assert x_of(json.loads((unknown / "training.json").read_text())) == 100
+        # Fine-tuned (config.init_from) before inheritance was recorded: the key is absent, not None.
+        assert x_of({"data": {"all_tokens": 40}, "config": {"init_from": "v0"}}) == 40
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"] and "v0" in caplog.records[1].getMessage()
