@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from eagle2.cache import PositionIndexedLayer
 from eagle2.eagle3_head import Eagle3Head
@@ -76,14 +75,10 @@ class HeadDrafter:
         self.target = target
         if draft_vocab is None:
             draft_vocab = head.draft_vocab
-        lm_head = target.lm_head
         # With a reduced draft vocabulary (FR-Spec), only those rows of lm_head are scored.
         self.draft_vocab = None if draft_vocab is None else draft_vocab.to(target.device)
-        weight = lm_head.weight if draft_vocab is None else lm_head.weight[self.draft_vocab]
-        bias = getattr(lm_head, "bias", None)
-        self.lm_weight = weight.detach()
-        self.vocab_size = weight.shape[0]  # how many distinct tokens the drafter can propose
-        self.lm_bias = None if bias is None else (bias if draft_vocab is None else bias[self.draft_vocab]).detach()
+        self.scorer = target.draft_scorer(self.draft_vocab)
+        self.vocab_size = self.scorer.out_features  # how many distinct tokens the drafter can propose
         self.cache: list[PositionIndexedLayer] = []
         self.context_length = 0  # head entries that belong to accepted text
         self.pending_features: torch.Tensor | None = None  # [m, H] not yet fed to the head
@@ -105,7 +100,7 @@ class HeadDrafter:
 
     def draft_children(self, features: torch.Tensor, k: int) -> DraftLevel:
         """Top-k draft tokens after each of the head outputs `features` [rows, H]."""
-        logits = F.linear(features, self.lm_weight, self.lm_bias).float()
+        logits = self.scorer(features).float()
         log_probs = torch.log_softmax(logits, dim=-1)
         top = torch.topk(log_probs, k, dim=-1)
         tokens = top.indices if self.draft_vocab is None else self.draft_vocab[top.indices]
@@ -228,7 +223,6 @@ class StaticHeadDrafter(HeadDrafter):
         self.cursor = SlotCursor(target.device)
         self._allocate(target.cache_capacity + self.DRAFT_SLACK)
         self.compiled = compile
-        self.scorer = target.draft_scorer(self.draft_vocab)
         self._scored_step = compiled_for(self._head_step, target.device) if compile else self._head_step
 
     def _allocate(self, capacity: int) -> None:

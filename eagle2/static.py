@@ -36,7 +36,6 @@ from collections.abc import Sequence
 
 import torch
 import torch._inductor.config as inductor_config
-from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -163,25 +162,10 @@ class StaticTargetModel(TargetModel):
         self.capacity = round_up(min(capacity, self.max_context) + 64, VIEW_MULTIPLE)
         self.compile_seconds = 0.0  # spent in warm_up() (compilation and first runs)
         self._cache: StaticTreeKVCache | None = None
-        self._draft_scorers: dict[tuple[int, ...] | None, nn.Linear] = {}
         self._step = compiled_for(self._decoder_step, self.device) if compile else self._decoder_step
-        # Row counts vary (1, a tree, the nodes a verifier visits): one dynamic graph (0 and 1 rows get their own).
-        self._project = compiled_for(self.lm_head, self.device, dynamic=True) if compile and self.device.type == "cpu" else self.lm_head
-
-    def draft_scorer(self, draft_vocab: torch.Tensor | None) -> nn.Linear:
-        """The lm_head restricted to the rows `draft_vocab` (None: all), as one module per vocabulary
-        for the life of this target. A drafter is made per generation; with the same module its
-        compiled graphs stay valid (dynamo guards on it), and a CPU compile freezes the weight once."""
-        key = None if draft_vocab is None else tuple(draft_vocab.tolist())
-        if key not in self._draft_scorers:
-            weight = self.lm_head.weight if draft_vocab is None else self.lm_head.weight[draft_vocab.to(self.device)]
-            bias = getattr(self.lm_head, "bias", None)
-            scorer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-            scorer.weight = nn.Parameter(weight.detach(), requires_grad=False)
-            if bias is not None:
-                scorer.bias = nn.Parameter((bias if draft_vocab is None else bias[draft_vocab.to(self.device)]).detach(), requires_grad=False)
-            self._draft_scorers[key] = scorer
-        return self._draft_scorers[key]
+        if compile and self.device.type == "cpu":
+            # Row counts vary (1, a tree, the nodes a verifier visits): one dynamic graph (0 and 1 rows get their own).
+            self._project = compiled_for(self.lm_head, self.device, dynamic=True)
 
     def new_cache(self, capacity: int) -> StaticTreeKVCache:
         # A padded tree may write up to its full size past the accepted prefix: 64 slots of slack.
@@ -267,11 +251,6 @@ class StaticTargetModel(TargetModel):
         cache.length = prefix + query_length
         selected = hidden if logits_for is None else hidden[logits_for]
         return TargetOutput(logits=self.logits_of(selected), hidden=hidden, features=extra)
-
-    @torch.inference_mode()
-    def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self._project(hidden)
-        return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
     def warm_up(self, tree_sizes: Sequence[int]) -> float:
         """Run (and so compile) the static shapes a generation uses: q = 1 and each padded tree size,

@@ -109,6 +109,8 @@ class TargetModel:
         self.decoder: nn.Module = model.get_decoder()
         self.lm_head: nn.Module = model.get_output_embeddings()
         self.embed_tokens: nn.Module = model.get_input_embeddings()
+        self._project = self.lm_head  # hidden states -> logits (eagle2.static swaps in a compiled one)
+        self._draft_scorers: dict[tuple[int, ...] | None, nn.Linear] = {}
         self.config = model.config.get_text_config()
         self.num_layers: int = self.config.num_hidden_layers
         self.hidden_size: int = self.config.hidden_size
@@ -225,8 +227,24 @@ class TargetModel:
     @torch.inference_mode()
     def logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
         """The target's logits ([n, V], float32, or float64 for a float64 model) for last hidden states [n, H]."""
-        logits = self.lm_head(hidden)
+        logits = self._project(hidden)
         return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+    def draft_scorer(self, draft_vocab: torch.Tensor | None) -> nn.Linear:
+        """The lm_head restricted to the rows `draft_vocab` (None: all), as one module per vocabulary
+        for the life of this target. A drafter is made per generation: with one module the rows are
+        gathered once, and a compiled drafter's graphs stay valid (dynamo guards on the module) with
+        the weight frozen once (eagle2.static)."""
+        key = None if draft_vocab is None else tuple(draft_vocab.tolist())
+        if key not in self._draft_scorers:
+            weight = self.lm_head.weight if draft_vocab is None else self.lm_head.weight[draft_vocab.to(self.device)]
+            bias = getattr(self.lm_head, "bias", None)
+            scorer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+            scorer.weight = nn.Parameter(weight.detach(), requires_grad=False)
+            if bias is not None:
+                scorer.bias = nn.Parameter((bias if draft_vocab is None else bias[draft_vocab.to(self.device)]).detach(), requires_grad=False)
+            self._draft_scorers[key] = scorer
+        return self._draft_scorers[key]
 
     def check_features(self, features: FeatureSpec) -> tuple[int, ...]:
         """The decoder-layer indices a FeatureSpec reads, checked against this model's depth."""
