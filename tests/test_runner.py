@@ -342,12 +342,14 @@ def test_bfloat16_run_is_audited_and_reported(tmp_path):
     """A half-precision run writes audit verdicts for its greedy mismatches; the report counts them."""
     from harness.aggregate import load_runs, summarize
 
-    suite = make_suite(tmp_path, SUITE.replace("dtype: float64", "dtype: bfloat16").replace("max_new_tokens: 4", "max_new_tokens: 24")
-                       .replace("temperatures: [0, 1]", "temperatures: [0]"))
+    # compile: static keeps the audited path free of torch.compile's warm-up (compile: auto would
+    # compile a bf16 CPU run; the compiled path has its own tests).
+    suite = make_suite(tmp_path, SUITE.replace("dtype: float64", "dtype: bfloat16\n    compile: static")
+                       .replace("max_new_tokens: 4", "max_new_tokens: 24").replace("temperatures: [0, 1]", "temperatures: [0]"))
     summary = run_suite(suite, options(tmp_path / "out"))
     assert summary.status == "complete" and summary.failures == 0
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["models"]["tiny"]["dtype"] == "bfloat16"
+    assert manifest["models"]["tiny"]["dtype"] == "bfloat16" and manifest["models"]["tiny"]["engine_path"] == "static"
     assert manifest["models"]["tiny"]["weight_bytes_per_token"] > 0
     assert all(v > 0 for v in manifest["hardware"]["read_bandwidth_bytes_per_s"].values())
     table = summarize(load_runs(tmp_path / "out"), n_boot=20)
