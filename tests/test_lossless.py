@@ -49,6 +49,36 @@ def test_both_verification_logit_modes_are_lossless(request, fixture, lazy_logit
             assert record.output_ids == expected.output_ids
 
 
+def test_cpu_verification_projects_small_trees_at_once_and_large_trees_lazily():
+    """On a CPU a tree of <= BATCHED_LOGITS_MAX_NODES nodes gets all its logits in the verification
+    forward (one lm_head pass per step, none afterwards); a larger one only the visited nodes'."""
+    from eagle2.decode import BATCHED_LOGITS_MAX_NODES
+    from eagle2.target import TargetModel
+
+    class CountingTarget(TargetModel):
+        projected_rows: list[int] = []
+
+        def logits_of(self, hidden):
+            self.projected_rows.append(hidden.shape[0])
+            return super().logits_of(hidden)
+
+    target = CountingTarget(tiny_llama().model)
+    head = tiny_head(target)
+    prompt = random_prompt(target.vocab_size, 8, 7)
+    expected = vanilla(target, prompt, 20)
+    for total, lazy in ((BATCHED_LOGITS_MAX_NODES, False), (BATCHED_LOGITS_MAX_NODES + 8, True)):
+        target.projected_rows.clear()
+        proposer = DynamicTreeProposer(head, target, depth=4, top_k=4, total_tokens=total)
+        record = generate(target, prompt, max_new_tokens=20, proposer=proposer)
+        assert record.output_ids == expected.output_ids
+        verifications = record.target_forwards - 1  # the first forward is the prefill
+        passes = target.projected_rows[1:]
+        if lazy:
+            assert len(passes) >= verifications and max(passes) < total
+        else:
+            assert len(passes) == verifications and max(passes) == total
+
+
 @pytest.mark.parametrize("fixture", ["target", "small_vocab_target"])
 @pytest.mark.parametrize("tree", EAGLE1_TREES, ids=str)
 def test_eagle1_greedy_equals_vanilla(request, fixture, tree):
