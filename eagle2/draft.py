@@ -55,6 +55,10 @@ class Proposer(Protocol):
         """The target accepted a path: its nodes' features [a, H] and the a tokens that follow each
         (the accepted drafts after the root, then the bonus token, which becomes the new root)."""
 
+    def warm_up(self) -> None:
+        """Before any timed generation: compile the shapes a generation may meet that a short
+        warm-up generation need not (a no-op on eager paths)."""
+
 
 @dataclass(frozen=True)
 class DraftLevel:
@@ -148,6 +152,10 @@ class HeadDrafter:
         """One head forward on its cache; `from_target`: the features are the target's (catch-up),
         not the head's own outputs (drafted nodes). EAGLE-1/2 heads treat both alike."""
         return self.head(embeddings, features, positions, mask=mask, cache=self.cache)
+
+    def warm_up(self, k: int, longest_catch_up: int) -> None:
+        """Compile ahead of timing whatever catch-up shapes a generation can meet (nothing to do
+        for an eager drafter); `longest_catch_up` = deepest accepted path + 1 (the bonus token)."""
 
     def rewind(self) -> None:
         """Drop the drafted entries from the head's cache, keeping the accepted context."""
@@ -312,6 +320,38 @@ class StaticHeadDrafter(HeadDrafter):
             tokens, features, positions, padded_visible, self.context_length + fed, torch.arange(rows, device=device), k, compiled=self.compiled
         )
 
+    def warm_up(self, k: int, longest_catch_up: int) -> None:
+        # A catch-up's row count follows the accepted length, so a short warm-up generation meets
+        # only the sizes its acceptances happened to produce and the rest would compile inside a
+        # timed generation (seconds each). Run every padded size up to the longest possible one on
+        # dummy rows; their slots lie past any accepted context and are overwritten later.
+        if not self.compiled:
+            return
+        device, width = self.target.device, self.head.config.hidden_size
+        longest = next((rows for rows in self.CATCH_UP_ROWS if rows >= longest_catch_up), self.CATCH_UP_ROWS[-1])
+        saved_length = self.context_length
+        self.context_length = 0
+        sizes = [(rows, True) for rows in self.CATCH_UP_ROWS if rows <= longest]
+        if not all(layer.is_initialized for layer in self.slot_cache):
+            # A generation's first head step (the prompt, uncompiled) allocates the cache; a graph
+            # compiled on an unallocated one would not serve the later steps.
+            sizes.insert(0, (1, False))
+        for rows, compiled in sizes:
+            view = self._view(rows)
+            visible = torch.zeros(rows, view, dtype=torch.bool, device=device)
+            visible[:, :rows] = torch.ones(rows, rows, dtype=torch.bool, device=device).tril()
+            self._run_step(
+                torch.zeros(rows, dtype=torch.long, device=device),
+                torch.zeros(rows, width, dtype=self.target.dtype, device=device),
+                torch.arange(rows, device=device),
+                visible,
+                0,
+                torch.tensor([rows - 1], device=device),
+                k,
+                compiled=compiled,
+            )
+        self.context_length = saved_length
+
     def rewind(self) -> None:
         pass  # drafted entries lie past context_length and are overwritten by the next step
 
@@ -369,6 +409,9 @@ class StaticTreeProposer:
 
     def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int) -> None:
         self.drafter.begin(prompt_ids, prompt_features, root, capacity=prompt_ids.shape[0] + 4 * self.max_tree_size + 64)
+
+    def warm_up(self) -> None:
+        self.drafter.warm_up(max(self.width[0], 1), self.shape.max_depth + 1)
 
     def advance(self, path_features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         self.drafter.advance(path_features, next_tokens)
@@ -437,6 +480,9 @@ class DynamicTreeProposer:
 
     def begin(self, prompt_ids: torch.Tensor, prompt_features: torch.Tensor, root: int) -> None:
         self.drafter.begin(prompt_ids, prompt_features, root, capacity=prompt_ids.shape[0] + 4 * self.depth * self.top_k + 64)
+
+    def warm_up(self) -> None:
+        self.drafter.warm_up(self.branch, self.depth + 1)
 
     def advance(self, path_features: torch.Tensor, next_tokens: torch.Tensor) -> None:
         self.drafter.advance(path_features, next_tokens)

@@ -72,14 +72,18 @@ class MethodSpec:
         return self.build(target, head, self.resolve(params))
 
 
-def engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | None) -> Decoder:
+class EngineDecoder:
     """A Decoder that runs THE decode loop (eagle2.decode.generate) with a fresh proposer per
-    generation (None: vanilla decoding)."""
+    generation (no proposer: vanilla decoding)."""
 
-    def decode(prompt_ids, *, max_new_tokens, sampling, stop_token_ids, generator, profile=False):
-        proposer = make_proposer() if make_proposer is not None else None
+    def __init__(self, target: TargetModel, make_proposer: Callable[[], Proposer] | None) -> None:
+        self.target = target
+        self.make_proposer = make_proposer
+
+    def __call__(self, prompt_ids, *, max_new_tokens, sampling, stop_token_ids, generator, profile=False) -> GenerationRecord:
+        proposer = self.make_proposer() if self.make_proposer is not None else None
         return generate(
-            target,
+            self.target,
             prompt_ids,
             max_new_tokens=max_new_tokens,
             proposer=proposer,
@@ -89,7 +93,16 @@ def engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | 
             profile=profile,
         )
 
-    return decode
+    def warm_up(self) -> None:
+        """Compile what a warm-up generation may leave uncompiled (see Proposer.warm_up)."""
+        proposer = self.make_proposer() if self.make_proposer is not None else None
+        # warm_up is optional for a proposer defined outside this package (nothing to compile).
+        if hasattr(proposer, "warm_up"):
+            proposer.warm_up()
+
+
+def engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | None) -> EngineDecoder:
+    return EngineDecoder(target, make_proposer)
 
 
 def _check_tree(value: Any) -> None:

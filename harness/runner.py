@@ -528,6 +528,9 @@ class Runner:
                 generator=torch.Generator().manual_seed(index),
                 profile=self.suite.profile,
             )
+        # A generation compiles the shapes it meets; the decoder's own warm-up covers the others.
+        if hasattr(decoder, "warm_up"):
+            decoder.warm_up()
 
     def _generate(self, loaded: _Loaded, decoder: Any, cell: Cell, question: Question, repeat: int, turn: int, answers: list[str]) -> dict[str, Any]:
         prompt = self._prompt_ids(loaded, question, turn, answers)  # tokenised outside the timed region

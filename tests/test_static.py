@@ -167,6 +167,31 @@ def test_compiled_static_path_equals_eager():
 
 
 @pytest.mark.slow
+def test_warm_up_compiles_every_catch_up_size_a_generation_can_meet():
+    """The head's catch-up row count follows the accepted length (1 to depth + 1, padded): a warm-up
+    generation meets only some, and the rest once compiled inside a timed generation (~6 s on
+    one HumanEval answer). The proposer's warm_up compiles them all; catch-ups of every possible
+    length afterwards compile nothing."""
+    eager = tiny_llama(vocab_size=97, seed=5, dtype=torch.float32)
+    compiled = StaticTargetModel(eager.model, compile=True, capacity=256)
+    proposer = DynamicTreeProposer(tiny_head(eager), compiled, depth=3, top_k=5, total_tokens=8)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    proposer.warm_up()
+    warmed = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert warmed > graphs  # top_k = 5 is used by no other compiled test: these graphs are new
+    drafter = proposer.drafter
+    width = eager.config.hidden_size
+    prompt = torch.tensor(random_prompt(97, 40, 7))
+    proposer.begin(prompt, torch.zeros(40, width), root=3)
+    drafter.catch_up(5)  # the prompt: its own length, uncompiled
+    for accepted in range(1, proposer.depth + 2):
+        proposer.advance(torch.randn(accepted, width), torch.arange(accepted) + 1)
+        level = drafter.catch_up(5)
+        assert level.tokens.shape == (1, 5)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == warmed
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bfloat16 on this CPU")
 def test_compiled_cpu_path_repacks_the_weights_and_keeps_the_outputs():
     """On a CPU the compiled path freezes the weights, so inductor runs bf16 linear layers (the lm_head
