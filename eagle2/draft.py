@@ -320,7 +320,10 @@ class StaticHeadDrafter(HeadDrafter):
             tokens, features, positions, padded_visible, self.context_length + fed, torch.arange(rows, device=device), k, compiled=self.compiled
         )
 
+    @torch.inference_mode()
     def warm_up(self, k: int, longest_catch_up: int) -> None:
+        # Under inference mode, as the decode loop runs: dynamo guards on the grad mode, so graphs
+        # compiled with grad enabled would not serve a generation.
         # A catch-up's row count follows the accepted length, so a short warm-up generation meets
         # only the sizes its acceptances happened to produce and the rest would compile inside a
         # timed generation (seconds each). Run every padded size up to the longest possible one on

@@ -500,6 +500,7 @@ def _timing(group: pd.DataFrame) -> dict[str, Any]:
     others_cores = others / wall if wall > 0 else math.nan
     cpu_per_wall = own / wall if wall > 0 else math.nan
     on_cpu = bool(loads) and all(x.get("device", "cpu") == "cpu" for x in loads)
+    compiled = sum(int(x.get("graphs_compiled") or 0) for x in loads)
     spread = math.nan
     if "repeat" in group and group["repeat"].nunique() > 1:
         tps = group["new_tokens"] / group["wall_time_s"].where(group["wall_time_s"] > 0)
@@ -515,6 +516,8 @@ def _timing(group: pd.DataFrame) -> dict[str, Any]:
         flags.append(f"the run got only {cpu_per_wall:.2f} of a core while timed")
     if spread > MAX_REPEAT_SPREAD:
         flags.append(f"repeats of one sample differ up to {spread:.2f}x in tokens/s")
+    if compiled:
+        flags.append(f"torch.compile built {compiled} graph(s) inside timed generations (the warm-up missed a shape)")
     return {"others_cores": others_cores, "cpu_per_wall": cpu_per_wall, "repeat_spread": spread, "timing_flag": "; ".join(flags)}
 
 

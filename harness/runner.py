@@ -126,6 +126,11 @@ def resolve_compile(setting: str | bool, device: torch.device, dtype: torch.dtyp
     return "compiled" if setting else "eager"
 
 
+def compiled_graph_count() -> int:
+    """Graphs torch.compile has built in this process so far (dynamo's own statistics counter)."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
 def turn_seed(seed: int, question_id: str, repeat: int, turn: int) -> int:
     """The sampling seed of one generation: a function of the cell's seed and the work item only."""
     digest = hashlib.sha256(f"{seed}|{question_id}|{repeat}|{turn}".encode()).digest()
@@ -537,6 +542,7 @@ class Runner:
         sampling = SamplingConfig(cell.temperature, cell.top_p, cell.top_k)
         generator = torch.Generator().manual_seed(turn_seed(cell.seed, question.question_id, repeat, turn))
         before = snapshot()  # machine load around (not inside) the timed region
+        graphs_before = compiled_graph_count()
         record = decoder(
             prompt,
             max_new_tokens=cell.task.max_new_tokens,
@@ -546,6 +552,8 @@ class Runner:
             profile=self.suite.profile,
         )
         load = measure(before, snapshot(), threads=torch.get_num_threads(), device=loaded.target.device.type)
+        # A graph compiled here was timed as generation: the warm-up missed a shape (the report flags it).
+        load["graphs_compiled"] = compiled_graph_count() - graphs_before
         text = loaded.tokenizer.decode(list(record.output_ids), skip_special_tokens=True)  # after timing
         binding = self.bindings.get(cell.model.name, {})
         uses_head = self.methods[cell.method].needs_head

@@ -183,11 +183,12 @@ def test_warm_up_compiles_every_catch_up_size_a_generation_can_meet():
     width = eager.config.hidden_size
     prompt = torch.tensor(random_prompt(97, 40, 7))
     proposer.begin(prompt, torch.zeros(40, width), root=3)
-    drafter.catch_up(5)  # the prompt: its own length, uncompiled
-    for accepted in range(1, proposer.depth + 2):
-        proposer.advance(torch.randn(accepted, width), torch.arange(accepted) + 1)
-        level = drafter.catch_up(5)
-        assert level.tokens.shape == (1, 5)
+    with torch.inference_mode():  # as the decode loop runs (dynamo guards on the grad mode)
+        drafter.catch_up(5)  # the prompt: its own length, uncompiled
+        for accepted in range(1, proposer.depth + 2):
+            proposer.advance(torch.randn(accepted, width), torch.arange(accepted) + 1)
+            level = drafter.catch_up(5)
+            assert level.tokens.shape == (1, 5)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == warmed
 
 

@@ -108,6 +108,7 @@ def test_a_quiet_run_is_not_flagged(tmp_path):
         pytest.skip(f"the machine became busy during the test ({busy:.2f} cores)")
     assert (summary["timing_flag"] == "").all(), summary[["method", "others_cores", "cpu_per_wall", "timing_flag"]].to_string()
     assert timing_warnings(summary) == []
+    assert all(load["graphs_compiled"] == 0 for load in load_runs(out).records["load"])  # an eager suite compiles nothing
     from harness.report import write_report
 
     md = write_report([out], tmp_path / "report").read_text(encoding="utf-8")
@@ -136,6 +137,8 @@ def test_the_rules_on_hand_made_load_records():
     assert "only 0.30 of a core" in starved["timing_flag"]
     assert _timing(_group([_load(1.0, 0.1, 0.0, device="cuda")]))["timing_flag"] == ""  # a GPU run waits on the device
     assert "differ up to 2.00x" in _timing(_group([_load(1.0, 1.0, 0.0)] * 2, tps=[10, 20]))["timing_flag"]
+    compiled = _timing(_group([_load(1.0, 1.0, 0.0), {**_load(1.0, 1.0, 0.0), "graphs_compiled": 2}]))
+    assert "built 2 graph(s) inside timed generations" in compiled["timing_flag"]
     unknown = _timing(_group([None, float("nan")]))  # records from an older harness
     assert unknown["timing_flag"] == "" and math.isnan(unknown["others_cores"])
 
