@@ -231,7 +231,10 @@ class StaticHeadDrafter(HeadDrafter):
         self.cursor = SlotCursor(target.device)
         self._allocate(target.cache_capacity + self.DRAFT_SLACK)
         self.compiled = compile
-        self._scored_step = compiled_for(self._head_step, target.device) if compile else self._head_step
+        # Static graphs per (rows, k, scored rows, draft vocabulary), the attention view dynamic:
+        # several trees and vocabularies share this code, and dimensions dynamic across them gave
+        # graphs that other strides or offsets of the same shapes missed (compiling in timed runs).
+        self._scored_step = compiled_for(self._head_step, target.device, automatic_dynamic=False) if compile else self._head_step
 
     def _allocate(self, capacity: int) -> None:
         self.capacity = round_up(capacity, VIEW_MULTIPLE)
@@ -274,7 +277,9 @@ class StaticHeadDrafter(HeadDrafter):
             step = self._scored_step
         else:
             step = self._head_step
-        children, log_probs, out = step(tokens, features.to(dtype), positions, mask, slots, score_rows, k)
+        # Contiguous rows: the first depth's features are one row expanded (stride 0), later ones
+        # gathered; one layout means one graph per shape.
+        children, log_probs, out = step(tokens, features.to(dtype).contiguous(), positions, mask, slots, score_rows, k)
         if compiled and device.type == "cuda":
             # CUDA-graph outputs live in static buffers that the next replay of the same graph (the
             # next depth) overwrites; the proposer keeps every depth's drafts until the rerank.

@@ -14,8 +14,10 @@ verification are unchanged. What differs:
   row, so they never influence, and are never offered for, acceptance; their cache slots lie beyond
   `length` and are overwritten later. A single-token step has q = 1.
 * With compile=True the forward (embedding, decoder, final norm) is torch.compile'd: inductor on a
-  CPU, mode "reduce-overhead" (CUDA graphs) on CUDA. Each distinct (q, view) is one graph; callers
-  compile ahead of timing with `warm_up()` (the harness does, and records the seconds).
+  CPU, mode "reduce-overhead" (CUDA graphs) on CUDA. Each query length q is one graph, the view
+  dynamic; the harness compiles them in its warm-up generations (and records the seconds), and
+  records every graph built inside a timed generation (`load.graphs_compiled`, flagged by the
+  report); `warm_up()` compiles given tree sizes directly.
 * Compiled on a CPU, the weights are frozen into the graphs (inductor's `freezing`), which lets it
   repack every linear layer, the lm_head included, into oneDNN's blocked layout: a bf16 matmul of
   a few rows then streams its weight about twice as fast as aten's. The model's attention becomes
@@ -121,13 +123,15 @@ class StaticTreeKVCache(Cache):
         self.length = start + len(offsets)
 
 
-def compiled_for(function, device: torch.device, *, dynamic: bool | None = None, graphs: int = 64):
+def compiled_for(function, device: torch.device, *, dynamic: bool | None = None, graphs: int = 64, automatic_dynamic: bool = True):
     """`function` torch.compile'd for `device`: CUDA graphs ("reduce-overhead") on CUDA; inductor on a
     CPU with the weights of the modules it calls frozen into the graph (see the module docstring).
 
     Up to `graphs` shapes each get their own graph (dynamo's default stops at 8 and then runs the
     rest eagerly, silently slower: a draft head alone meets more shapes than that, one per catch-up
-    length, depth width and top-k)."""
+    length, depth width and top-k). `automatic_dynamic=False`: only dimensions marked dynamic are;
+    a new size of any other gets its own static graph instead of turning the dimension dynamic
+    (whose graphs then specialise on other things, e.g. storage offsets, that later calls vary)."""
     compiled = torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=dynamic)
     freeze = device.type == "cpu"
 
@@ -135,7 +139,7 @@ def compiled_for(function, device: torch.device, *, dynamic: bool | None = None,
         # Compilation happens inside a call (the first one, and each new shape's), so the settings are
         # scoped to every call (~30 us). torch.compile(options={"freezing": True}) does not reach the
         # pass that repacks the weights (torch 2.13); inductor's own scoped config does.
-        with torch._dynamo.config.patch(recompile_limit=graphs), inductor_config.patch(freezing=freeze):
+        with torch._dynamo.config.patch(recompile_limit=graphs, automatic_dynamic_shapes=automatic_dynamic), inductor_config.patch(freezing=freeze):
             return compiled(*args, **kwargs)
 
     return scoped

@@ -193,6 +193,40 @@ def test_warm_up_compiles_every_catch_up_size_a_generation_can_meet():
 
 
 @pytest.mark.slow
+def test_after_warm_up_several_methods_generate_without_compiling():
+    """As a suite warms up several cells on one target (trees of other widths and draft
+    vocabularies share the head step's code, so dynamo once turned shapes dynamic across them and
+    later met variants no warm-up had built: 5 s of one HumanEval answer), then times each: after
+    every cell's warm-up generation and warm_up(), no timed generation compiles anything."""
+    eager = tiny_llama(vocab_size=97, seed=5, dtype=torch.float32)
+    compiled = StaticTargetModel(eager.model, compile=True, capacity=256)
+    head = tiny_head(eager)
+    draft_vocab = torch.arange(60)
+    makers = [
+        lambda: DynamicTreeProposer(head, compiled, depth=3, top_k=6, total_tokens=10),
+        lambda: DynamicTreeProposer(head, compiled, depth=3, top_k=3, total_tokens=6, draft_vocab=draft_vocab),
+        lambda: StaticTreeProposer(head, compiled, tree=[[0], [1], [0, 0], [0, 1], [0, 0, 0]]),
+    ]
+    warm_prompt, timed_prompt = torch.tensor(random_prompt(97, 12, 1)), torch.tensor(random_prompt(97, 30, 2))
+    for make in makers:  # the harness's order: every cell warmed up before any is timed
+        generate(compiled, warm_prompt, max_new_tokens=6, proposer=make())
+        with torch.inference_mode():
+            make().warm_up()
+    width = eager.config.hidden_size
+    with torch.compiler.set_stance("fail_on_recompile"), torch.inference_mode():
+        for make in makers:
+            generate(compiled, timed_prompt, max_new_tokens=12, proposer=make())
+            # A random head's drafts are rarely accepted: walk every accepted length (1 to depth + 1,
+            # the catch-up sizes) with a full draft after each, as a good head's generation does.
+            proposer = make()
+            proposer.begin(timed_prompt, torch.zeros(timed_prompt.numel(), width), root=3)
+            proposer.propose(max_depth=3)
+            for accepted in (1, 2, 3, 4, 1, 3, 2, 1):
+                proposer.advance(torch.randn(accepted, width), torch.arange(accepted) + 1)
+                proposer.propose(max_depth=3)
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bfloat16 on this CPU")
 def test_compiled_cpu_path_repacks_the_weights_and_keeps_the_outputs():
     """On a CPU the compiled path freezes the weights, so inductor runs bf16 linear layers (the lm_head
