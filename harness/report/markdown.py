@@ -123,8 +123,8 @@ def markdown(view: ReportView, figures: Sequence[FigureEntry], skipped: Sequence
         "model on the same (seed, question, turn) samples, wall time with prefill; τ = new tokens per target "
         "forward (the prefill counts as one forward, so vanilla's τ is 1). *Mean* averages the task columns "
         "(\\* : over the tasks that have a speedup only). — : no vanilla run to compare with. "
-        "† : outputs differ from vanilla at T = 0. ‡ : timed while the machine was busy, or with an implausible spread "
-        "(see *Timing conditions*). *failed*: every attempt failed (see *Failures*).",
+        "† : outputs differ from vanilla at T = 0. ‡ : timed while the machine was busy, with an implausible spread "
+        "or while torch.compile built a graph (see *Timing conditions*). *failed*: every attempt failed (see *Failures*).",
         "",
     ]
     for t in view.temperatures:
@@ -192,8 +192,8 @@ def _timing_md(view: ReportView) -> list[str]:
     out = ["## Timing conditions", "",
            f"While each answer was timed the harness recorded the machine's load (`load` in results.jsonl). A cell is flagged ‡ "
            f"when other processes used ≥ {CONTENTION_CORES:g} core on average, when this process got < {MIN_CPU_PER_WALL:g} of a "
-           f"core on a CPU, when repeats of one sample differ more than {MAX_REPEAT_SPREAD:g}× in tokens/s, or when its vanilla "
-           "reference is flagged.", ""]
+           f"core on a CPU, when repeats of one sample differ more than {MAX_REPEAT_SPREAD:g}× in tokens/s, when torch.compile "
+           "built a graph during a timed answer (`load.graphs_compiled`), or when its vanilla reference is flagged.", ""]
     measured = s[np.isfinite(s["others_cores"].astype(float))] if "others_cores" in s else s.iloc[0:0]
     if measured.empty:
         return out + ["No load was recorded (records from an older harness).", ""]
