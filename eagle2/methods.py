@@ -97,10 +97,8 @@ class EngineDecoder:
         """Compile what a warm-up generation may leave uncompiled (see Proposer.warm_up)."""
         proposer = self.make_proposer() if self.make_proposer is not None else None
         # warm_up is optional for a proposer defined outside this package (nothing to compile).
-        # Inference mode as in the decode loop: a graph compiled with grad enabled would not serve it.
         if hasattr(proposer, "warm_up"):
-            with torch.inference_mode():
-                proposer.warm_up()
+            proposer.warm_up()
 
 
 def engine_decoder(target: TargetModel, make_proposer: Callable[[], Proposer] | None) -> EngineDecoder:

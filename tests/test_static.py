@@ -210,8 +210,7 @@ def test_after_warm_up_several_methods_generate_without_compiling():
     warm_prompt, timed_prompt = torch.tensor(random_prompt(97, 12, 1)), torch.tensor(random_prompt(97, 30, 2))
     for make in makers:  # the harness's order: every cell warmed up before any is timed
         generate(compiled, warm_prompt, max_new_tokens=6, proposer=make())
-        with torch.inference_mode():
-            make().warm_up()
+        make().warm_up()  # as EngineDecoder.warm_up calls it: no inference mode of its own
     width = eager.config.hidden_size
     with torch.compiler.set_stance("fail_on_recompile"), torch.inference_mode():
         for make in makers:
