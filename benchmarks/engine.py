@@ -205,10 +205,25 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help='JSON list of [name, params] pairs; default: vanilla, hf_generate, eagle1, eagle2 x2')
     parser.add_argument("--run-dir", type=Path, default=None, help="the run folder (default runs/engine-bench/<UTC timestamp>)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument(
+        "--gemm-autotune",
+        action="store_true",
+        help="compiled variants: let inductor time its own C++ GEMM template against oneDNN per matmul shape and "
+        "fuse linear layers that share an input (max_autotune, CPP/ATEN backends, concat_linear); an experiment, "
+        "not yet the engine's default",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gemm_autotune:
+        # Process-wide inductor settings for this benchmark process only; the engine's own scoped
+        # settings (freezing) still apply on top.
+        import torch._inductor.config as inductor_config
+
+        inductor_config.max_autotune = True
+        inductor_config.max_autotune_gemm_backends = "CPP,ATEN"
+        inductor_config.cpp.enable_concat_linear = True
     try:
         variants = parse_variants(f"{args.dtype}:eager" if args.dtype else args.variants)
     except ValueError as error:
@@ -248,6 +263,7 @@ def main() -> None:
         "temperature": args.temperature,
         "warmup_seconds": manifest.get("warmup_seconds"),
         "run_dir": str(run_dir),
+        "gemm_autotune": args.gemm_autotune,
         "command": " ".join(sys.argv),
     }
     print_table(rows, variants, meta)
