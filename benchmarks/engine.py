@@ -18,8 +18,9 @@ come from the run's aggregated tables (harness.aggregate.tabulate). In bfloat16/
 difference from vanilla is audited against the model in float32 (a float32 eager variant of the run
 when there is one): near-tie or unexplained.
 
-A variant is DTYPE:PATH, PATH one of eager (the dynamic engine), static (fixed shapes, no
-compile) or compiled (fixed shapes, torch.compile).
+A variant is DTYPE:PATH[:KERNEL], PATH one of eager (the dynamic engine), static (fixed shapes, no
+compile) or compiled (fixed shapes, torch.compile); KERNEL the model entry's linear_kernel (auto,
+default: torch's/inductor's, few_row: eagle2.kernels).
 
     python benchmarks/engine.py                        # embedded SmolLM2-135M, CPU, dtype auto, eager
     python benchmarks/engine.py --variants float32:eager,bfloat16:eager,bfloat16:compiled
@@ -58,30 +59,35 @@ DEFAULT_METHODS = [
     ("eagle2", {"depth": 5, "top_k": 8, "total_tokens": 32}),
 ]
 PATHS = {"eager": False, "static": "static", "compiled": True}  # path -> the model entry's `compile`
+LINEAR_KERNELS = ("auto", "default", "few_row")  # the model entry's `linear_kernel`
 
 
 @dataclass(frozen=True)
 class Variant:
     dtype: str  # as a suite's model dtype: auto | float32 | bfloat16 | ...
     path: str  # eager | static | compiled
+    linear_kernel: str = "auto"  # the model entry's linear_kernel: auto | default | few_row
 
     @property
     def label(self) -> str:
-        return f"{self.dtype}:{self.path}"
+        return f"{self.dtype}:{self.path}" + ("" if self.linear_kernel == "auto" else f":{self.linear_kernel}")
 
     @property
     def entry_name(self) -> str:  # a suite model name (letters, digits, _ . + -)
-        return f"{self.dtype}-{self.path}"
+        return f"{self.dtype}-{self.path}" + ("" if self.linear_kernel == "auto" else f"-{self.linear_kernel}")
 
 
 def parse_variants(text: str) -> list[Variant]:
     variants = []
     for item in text.split(","):
-        dtype, _, path = item.strip().partition(":")
-        path = path or "eager"
+        dtype, _, rest = item.strip().partition(":")
+        path, _, kernel = rest.partition(":")
+        path, kernel = path or "eager", kernel or "auto"
         if path not in PATHS:
             raise ValueError(f"variant {item!r}: path {path!r} is not one of {', '.join(PATHS)}")
-        variants.append(Variant(dtype, path))
+        if kernel not in LINEAR_KERNELS:
+            raise ValueError(f"variant {item!r}: linear kernel {kernel!r} is not one of {', '.join(LINEAR_KERNELS)}")
+        variants.append(Variant(dtype, path, kernel))
     if len({v.label for v in variants}) < len(variants):
         raise ValueError(f"--variants lists a variant twice: {text}")
     return variants
@@ -90,7 +96,7 @@ def parse_variants(text: str) -> list[Variant]:
 def benchmark_suite(args: argparse.Namespace, variants: list[Variant], methods: list[tuple[str, dict]], head: str) -> Any:
     """The in-memory suite of one benchmark run."""
     models = [{"name": v.entry_name, "source": args.model, "dtype": v.dtype, "device": args.device or "auto", "head": head,
-               "chat_template": args.chat_template, "compile": PATHS[v.path]} for v in variants]
+               "chat_template": args.chat_template, "compile": PATHS[v.path], "linear_kernel": v.linear_kernel} for v in variants]
     return suite_from_dict({
         "schema": 1,
         "name": "engine-bench",
@@ -134,6 +140,7 @@ def result_rows(tables: Any, variants: list[Variant], methods: list[tuple[str, d
             "dtype_reason": info.get("dtype_reason"),
             "path": variant.path,
             "engine_path": info.get("engine_path"),
+            "linear_kernel": info.get("linear_kernel"),
             "method": r["method"],
             "params": params,
             "label": method_label(r["method"], params) + (f" vocab {params['draft_vocab_size']}" if params.get("draft_vocab_size") else ""),

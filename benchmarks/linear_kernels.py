@@ -8,6 +8,8 @@ compiling it, each with the weights frozen into the graph as the engine does on 
   onednn    the engine's default: inductor's frozen linear layers (oneDNN, packed weights)
   autotune  inductor's own C++ GEMM template timed against oneDNN per shape (max_autotune,
             backends CPP,ATEN), and linear layers that share an input fused (concat_linear)
+  few_row   eagle2.kernels' packed AVX512-BF16 kernel (the engine's linear_kernel: few_row),
+            called from the compiled graph (only on a CPU with AVX512-BF16)
 
 Prints ms per stack forward and the weight bytes streamed per second. Each shape is its own static
 graph (dynamic=False), as in the engine.
@@ -18,14 +20,20 @@ graph (dynamic=False), as in the engine.
 from __future__ import annotations
 
 import argparse
+import copy
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 SETTINGS = {
     "onednn": {"freezing": True},
+    "few_row": {"freezing": True},  # on a copy of the blocks whose linear layers are FewRowLinear
     "autotune": {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "cpp.enable_concat_linear": True},
 }
 
@@ -71,12 +79,20 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(f"{args.layers} blocks, {weight_bytes / 1e6:.0f} MB of bf16 weights, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'kernels':10} {'rows':>4} {'ms':>8} {'GB/s':>6}")
+    from eagle2.kernels import unavailable_reason, use_few_row_linears
+
+    models = {"onednn": model, "autotune": model}
+    if (reason := unavailable_reason()) is None:
+        models["few_row"] = copy.deepcopy(model)
+        use_few_row_linears(models["few_row"])
+    else:
+        print(f"few_row skipped: {reason}")
     with torch.inference_mode():
         for rows in (int(r) for r in args.rows.split(",")):
             x = torch.randn(rows, args.hidden, dtype=torch.bfloat16)
-            for name, settings in SETTINGS.items():
+            for name, model in models.items():
                 torch._dynamo.reset()
-                with inductor_config.patch(settings):
+                with inductor_config.patch(SETTINGS[name]):
                     compiled = torch.compile(model, dynamic=False)
                     for _ in range(3):  # compile, then settle
                         compiled(x)

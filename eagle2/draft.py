@@ -227,6 +227,10 @@ class StaticHeadDrafter(HeadDrafter):
     DRAFT_SLACK = 4 * VIEW_MULTIPLE
 
     def __init__(self, head: DraftHead, target: StaticTargetModel, draft_vocab: torch.Tensor | None = None, *, compile: bool = False) -> None:
+        if target.linear_kernel == "few_row":
+            from eagle2.kernels import use_few_row_linears
+
+            use_few_row_linears(head)  # the head's bias-free bf16 layers; a no-op once done
         super().__init__(head, target, draft_vocab)
         self.cursor = SlotCursor(target.device)
         self._allocate(target.cache_capacity + self.DRAFT_SLACK)

@@ -110,7 +110,7 @@ class TargetModel:
         self.lm_head: nn.Module = model.get_output_embeddings()
         self.embed_tokens: nn.Module = model.get_input_embeddings()
         self._project = self.lm_head  # hidden states -> logits (eagle2.static swaps in a compiled one)
-        self._draft_scorers: dict[tuple[int, ...] | None, nn.Linear] = {}
+        self._draft_scorers: dict[object, nn.Module] = {}
         self.config = model.config.get_text_config()
         self.num_layers: int = self.config.num_hidden_layers
         self.hidden_size: int = self.config.hidden_size

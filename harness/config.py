@@ -158,6 +158,10 @@ class ModelConfig:
     compile: str | bool = setting((str, bool), "the static-shape, torch.compile'd engine path; auto: true on CUDA, "
                                   "and on a CPU in bf16/fp16; static: fixed shapes without torch.compile", "auto",
                                   choices=("auto", True, False, "static"))
+    # How a static/compiled bf16 engine on a CPU computes linear layers; harness.runner.resolve_linear_kernel says what auto means.
+    linear_kernel: str = setting(str, "bf16 linear layers of the static/compiled engine on a CPU: few_row (eagle2.kernels, "
+                                 "AVX512-BF16), default (torch's/inductor's), auto: few_row where it runs", "auto",
+                                 choices=("auto", "default", "few_row"))
     # e.g. a float32 entry that runs only vanilla, so a report can state the fastest vanilla of the run across dtypes.
     methods: tuple[str, ...] | None = setting((list, _NULL), "the suite's methods this model runs (null: all)", None,
                                               each=Field(str), non_empty=True, what="a non-empty list of method names")
@@ -166,7 +170,7 @@ class ModelConfig:
 
     def identity(self) -> dict[str, Any]:
         """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
-        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "methods", "gpus"}
+        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "linear_kernel", "methods", "gpus"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 

@@ -126,6 +126,31 @@ def resolve_compile(setting: str | bool, device: torch.device, dtype: torch.dtyp
     return "compiled" if setting else "eager"
 
 
+def resolve_linear_kernel(setting: str, engine_path: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The linear-layer kernel a model's `linear_kernel` setting selects: few_row (eagle2.kernels) or default.
+
+    `auto` is few_row for the static/compiled engine in bfloat16 on a CPU with AVX512-BF16 when the
+    kernel builds (results/engine-bench/cpu-smollm2-few-row.txt: vanilla and every speculative
+    method faster), else default. Asking for few_row where it cannot run is an error that says why."""
+    applies = engine_path != "eager" and device.type == "cpu" and dtype == torch.bfloat16
+    if setting == "default" or (setting == "auto" and not applies):
+        return "default"
+    if not applies:
+        raise ValueError(
+            f"linear_kernel: few_row runs only on the static/compiled engine (compile: true | static | auto) in "
+            f"bfloat16 on a CPU; this model runs {engine_path} in {str(dtype).removeprefix('torch.')} on {device.type}"
+        )
+    from eagle2.kernels import unavailable_reason
+
+    reason = unavailable_reason()
+    if reason is None:
+        return "few_row"
+    if setting == "auto":
+        logger.info("linear_kernel auto -> default: %s", reason)
+        return "default"
+    raise ValueError(f"linear_kernel: few_row cannot run here: {reason} (use default or auto)")
+
+
 def compiled_graph_count() -> int:
     """Graphs torch.compile has built in this process so far (dynamo's own statistics counter)."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
@@ -461,10 +486,13 @@ class Runner:
             config.source, gguf_file=config.gguf_file, dtype=config.dtype, device=device, device_map=config.device_map, revision=config.revision
         )
         engine_path = resolve_compile(config.compile, loaded.target.device, loaded.target.dtype)
+        linear_kernel = resolve_linear_kernel(config.linear_kernel, engine_path, loaded.target.device, loaded.target.dtype)
         if engine_path != "eager":
             from eagle2.static import StaticTargetModel
 
-            loaded = dataclasses.replace(loaded, target=StaticTargetModel(loaded.target.model, compile=engine_path == "compiled"))
+            loaded = dataclasses.replace(
+                loaded, target=StaticTargetModel(loaded.target.model, compile=engine_path == "compiled", linear_kernel=linear_kernel)
+            )
         heads: dict[str, Any] = {}
         heads_used: dict[str, str | None] = {}
         head_errors: dict[str, Exception] = {}
@@ -493,6 +521,8 @@ class Runner:
             "compile": engine_path == "compiled",
             "engine_path": engine_path,
             "compile_requested": config.compile,
+            "linear_kernel": linear_kernel,
+            "linear_kernel_requested": config.linear_kernel,
             # transformers' attention implementation the target ran (a CPU compile switches it to eager)
             "attention": getattr(loaded.target.config, "_attn_implementation", None),
             "dtype_reason": loaded.dtype_reason,
