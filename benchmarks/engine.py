@@ -19,8 +19,8 @@ difference from vanilla is audited against the model in float32 (a float32 eager
 when there is one): near-tie or unexplained.
 
 A variant is DTYPE:PATH[:KERNEL], PATH one of eager (the dynamic engine), static (fixed shapes, no
-compile) or compiled (fixed shapes, torch.compile); KERNEL the model entry's linear_kernel (auto,
-default: torch's/inductor's, few_row: eagle2.kernels).
+compile) or compiled (fixed shapes, torch.compile); KERNEL the model entry's linear_kernel (auto;
+default: oneDNN; autotune: compiled, inductor picks per shape; few_row: eagle2.kernels).
 
     python benchmarks/engine.py                        # embedded SmolLM2-135M, CPU, dtype auto, eager
     python benchmarks/engine.py --variants float32:eager,bfloat16:eager,bfloat16:compiled
@@ -59,14 +59,14 @@ DEFAULT_METHODS = [
     ("eagle2", {"depth": 5, "top_k": 8, "total_tokens": 32}),
 ]
 PATHS = {"eager": False, "static": "static", "compiled": True}  # path -> the model entry's `compile`
-LINEAR_KERNELS = ("auto", "default", "few_row")  # the model entry's `linear_kernel`
+LINEAR_KERNELS = ("auto", "default", "autotune", "few_row")  # the model entry's `linear_kernel`
 
 
 @dataclass(frozen=True)
 class Variant:
     dtype: str  # as a suite's model dtype: auto | float32 | bfloat16 | ...
     path: str  # eager | static | compiled
-    linear_kernel: str = "auto"  # the model entry's linear_kernel: auto | default | few_row
+    linear_kernel: str = "auto"  # the model entry's linear_kernel: auto | default | autotune | few_row
 
     @property
     def label(self) -> str:
@@ -212,25 +212,10 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help='JSON list of [name, params] pairs; default: vanilla, hf_generate, eagle1, eagle2 x2')
     parser.add_argument("--run-dir", type=Path, default=None, help="the run folder (default runs/engine-bench/<UTC timestamp>)")
     parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
-    parser.add_argument(
-        "--gemm-autotune",
-        action="store_true",
-        help="compiled variants: let inductor time its own C++ GEMM template against oneDNN per matmul shape and "
-        "fuse linear layers that share an input (max_autotune, CPP/ATEN backends, concat_linear); an experiment, "
-        "not yet the engine's default",
-    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.gemm_autotune:
-        # Process-wide inductor settings for this benchmark process only; the engine's own scoped
-        # settings (freezing) still apply on top.
-        import torch._inductor.config as inductor_config
-
-        inductor_config.max_autotune = True
-        inductor_config.max_autotune_gemm_backends = "CPP,ATEN"
-        inductor_config.cpp.enable_concat_linear = True
     try:
         variants = parse_variants(f"{args.dtype}:eager" if args.dtype else args.variants)
     except ValueError as error:
@@ -270,7 +255,6 @@ def main() -> None:
         "temperature": args.temperature,
         "warmup_seconds": manifest.get("warmup_seconds"),
         "run_dir": str(run_dir),
-        "gemm_autotune": args.gemm_autotune,
         "command": " ".join(sys.argv),
     }
     print_table(rows, variants, meta)

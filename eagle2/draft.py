@@ -238,7 +238,11 @@ class StaticHeadDrafter(HeadDrafter):
         # Static graphs per (rows, k, scored rows, draft vocabulary), the attention view dynamic:
         # several trees and vocabularies share this code, and dimensions dynamic across them gave
         # graphs that other strides or offsets of the same shapes missed (compiling in timed runs).
-        self._scored_step = compiled_for(self._head_step, target.device, automatic_dynamic=False) if compile else self._head_step
+        self._scored_step = (
+            compiled_for(self._head_step, target.device, automatic_dynamic=False, autotune=target.linear_kernel == "autotune")
+            if compile
+            else self._head_step
+        )
 
     def _allocate(self, capacity: int) -> None:
         self.capacity = round_up(capacity, VIEW_MULTIPLE)

@@ -25,6 +25,10 @@ verification are unchanged. What differs:
   kernel costs ~0.6 ms per call for one bf16 query row, ~18 ms per token over 30 layers
   (`benchmarks/forward_step.py`). Frozen graphs keep the weights they were compiled with, so a
   compiled target's weights must not change afterwards.
+* linear_kernel="autotune" (compiled only) lets inductor time, per matmul shape, its own C++ GEMM
+  template against oneDNN and fuse linear layers that share an input: on the 2-core AMD VM, bf16
+  vanilla 18.1 ms/token against 23.1 (few_row) and 31.1 (default: oneDNN for every shape);
+  compiles take longer (results/engine-bench/cpu-smollm2-linear-kernels.txt).
 * linear_kernel="few_row" (bf16 on a CPU with AVX512-BF16) swaps the decoder's and the draft
   head's bias-free linear layers, the lm_head and the draft scorer for eagle2.kernels.FewRowLinear:
   calls of up to 4 rows (a decode step, an EAGLE-2 expansion, a 4-token tree) run a packed kernel
@@ -51,7 +55,7 @@ from eagle2.tree import DraftTree
 
 logger = logging.getLogger(__name__)
 
-LINEAR_KERNELS = ("default", "few_row")  # how StaticTargetModel computes bf16 linear layers on a CPU
+LINEAR_KERNELS = ("default", "autotune", "few_row")  # how StaticTargetModel computes linear layers on a CPU
 VIEW_MULTIPLE = 256  # attention views are rounded up to this many slots (fewer distinct shapes to compile)
 
 
@@ -129,7 +133,15 @@ class StaticTreeKVCache(Cache):
         self.length = start + len(offsets)
 
 
-def compiled_for(function, device: torch.device, *, dynamic: bool | None = None, graphs: int = 64, automatic_dynamic: bool = True):
+# Inductor settings of linear_kernel="autotune": each matmul shape timed between inductor's own C++
+# GEMM template and oneDNN (aten) when it compiles, and linear layers that share an input (q/k/v,
+# gate/up) fused into one.
+AUTOTUNE_SETTINGS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "cpp.enable_concat_linear": True}
+
+
+def compiled_for(
+    function, device: torch.device, *, dynamic: bool | None = None, graphs: int = 64, automatic_dynamic: bool = True, autotune: bool = False
+):
     """`function` torch.compile'd for `device`: CUDA graphs ("reduce-overhead") on CUDA; inductor on a
     CPU with the weights of the modules it calls frozen into the graph (see the module docstring).
 
@@ -137,7 +149,8 @@ def compiled_for(function, device: torch.device, *, dynamic: bool | None = None,
     rest eagerly, silently slower: a draft head alone meets more shapes than that, one per catch-up
     length, depth width and top-k). `automatic_dynamic=False`: only dimensions marked dynamic are;
     a new size of any other gets its own static graph instead of turning the dimension dynamic
-    (whose graphs then specialise on other things, e.g. storage offsets, that later calls vary)."""
+    (whose graphs then specialise on other things, e.g. storage offsets, that later calls vary).
+    `autotune`: compile with AUTOTUNE_SETTINGS (longer compiles; a CPU's linear-layer kernels)."""
     compiled = torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=dynamic)
     freeze = device.type == "cpu"
 
@@ -145,7 +158,9 @@ def compiled_for(function, device: torch.device, *, dynamic: bool | None = None,
         # Compilation happens inside a call (the first one, and each new shape's), so the settings are
         # scoped to every call (~30 us). torch.compile(options={"freezing": True}) does not reach the
         # pass that repacks the weights (torch 2.13); inductor's own scoped config does.
-        with torch._dynamo.config.patch(recompile_limit=graphs, automatic_dynamic_shapes=automatic_dynamic), inductor_config.patch(freezing=freeze):
+        with torch._dynamo.config.patch(recompile_limit=graphs, automatic_dynamic_shapes=automatic_dynamic), inductor_config.patch(
+            {"freezing": freeze, **(AUTOTUNE_SETTINGS if autotune else {})}
+        ):
             return compiled(*args, **kwargs)
 
     return scoped
@@ -168,8 +183,11 @@ class StaticTargetModel(TargetModel):
         self.compiled = compile
         if linear_kernel not in LINEAR_KERNELS:
             raise ValueError(f"linear_kernel {linear_kernel!r}: expected one of {', '.join(LINEAR_KERNELS)}")
+        # "autotune": inductor picks each matmul's kernel (AUTOTUNE_SETTINGS; compiled only).
         # "few_row": eagle2.kernels' bf16 kernel for the decoder's and heads' linear layers and the
         # lm_head; this changes `model`'s modules (see use_few_row_linears).
+        if linear_kernel == "autotune" and not compile:
+            raise ValueError("linear_kernel autotune needs compile=True (it is how inductor compiles the matmuls)")
         self.linear_kernel = linear_kernel
         self.few_row_linears = 0
         if linear_kernel == "few_row":
@@ -188,10 +206,11 @@ class StaticTargetModel(TargetModel):
         self.capacity = round_up(min(capacity, self.max_context) + 64, VIEW_MULTIPLE)
         self.compile_seconds = 0.0  # spent in warm_up() (compilation and first runs)
         self._cache: StaticTreeKVCache | None = None
-        self._step = compiled_for(self._decoder_step, self.device) if compile else self._decoder_step
+        autotune = linear_kernel == "autotune"
+        self._step = compiled_for(self._decoder_step, self.device, autotune=autotune) if compile else self._decoder_step
         if compile and self.device.type == "cpu":
             # Row counts vary (1, a tree, the nodes a verifier visits): one dynamic graph (0 and 1 rows get their own).
-            self._project = compiled_for(self._project, self.device, dynamic=True)
+            self._project = compiled_for(self._project, self.device, dynamic=True, autotune=autotune)
 
     @staticmethod
     def _few_row_eligible(layer: torch.nn.Module) -> bool:

@@ -159,9 +159,10 @@ class ModelConfig:
                                   "and on a CPU in bf16/fp16; static: fixed shapes without torch.compile", "auto",
                                   choices=("auto", True, False, "static"))
     # How a static/compiled bf16 engine on a CPU computes linear layers; harness.runner.resolve_linear_kernel says what auto means.
-    linear_kernel: str = setting(str, "bf16 linear layers of the static/compiled engine on a CPU: few_row (eagle2.kernels, "
-                                 "AVX512-BF16), default (torch's/inductor's), auto: few_row where it runs", "auto",
-                                 choices=("auto", "default", "few_row"))
+    linear_kernel: str = setting(str, "linear layers of the engine on a CPU: default (oneDNN), autotune (compiled: inductor "
+                                 "picks per shape, fuses shared-input layers), few_row (bf16, eagle2.kernels, AVX512-BF16); "
+                                 "auto: autotune when compiled in bf16/fp16 on a CPU, else default", "auto",
+                                 choices=("auto", "default", "autotune", "few_row"))
     # e.g. a float32 entry that runs only vanilla, so a report can state the fastest vanilla of the run across dtypes.
     methods: tuple[str, ...] | None = setting((list, _NULL), "the suite's methods this model runs (null: all)", None,
                                               each=Field(str), non_empty=True, what="a non-empty list of method names")

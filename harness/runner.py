@@ -127,15 +127,21 @@ def resolve_compile(setting: str | bool, device: torch.device, dtype: torch.dtyp
 
 
 def resolve_linear_kernel(setting: str, engine_path: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The linear-layer kernel a model's `linear_kernel` setting selects: few_row (eagle2.kernels) or default.
+    """The linear-layer kernels a model's `linear_kernel` setting selects: default, autotune or few_row.
 
-    `auto` is few_row for the static/compiled engine in bfloat16 on a CPU with AVX512-BF16 when the
-    kernel builds (results/engine-bench/cpu-smollm2-few-row.txt: vanilla and every speculative
-    method faster), else default. Asking for few_row where it cannot run is an error that says why."""
-    applies = engine_path != "eager" and device.type == "cpu" and dtype == torch.bfloat16
-    if setting == "default" or (setting == "auto" and not applies):
+    `auto` is autotune for the compiled engine in bfloat16/float16 on a CPU (inductor times its C++
+    GEMM template against oneDNN per shape and fuses linear layers sharing an input: side by side,
+    vanilla 18.1 ms/token against 23.1 with few_row and 31.1 with oneDNN alone,
+    results/engine-bench/cpu-smollm2-linear-kernels.txt), else default. Asking for a kernel where it
+    cannot run is an error that says why."""
+    on_cpu_half = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)
+    if setting == "default" or (setting == "auto" and not (engine_path == "compiled" and on_cpu_half)):
         return "default"
-    if not applies:
+    if setting in ("auto", "autotune"):
+        if engine_path != "compiled":
+            raise ValueError(f"linear_kernel: autotune needs the compiled engine (compile: true | auto); this model runs {engine_path}")
+        return "autotune"
+    if engine_path == "eager" or device.type != "cpu" or dtype != torch.bfloat16:
         raise ValueError(
             f"linear_kernel: few_row runs only on the static/compiled engine (compile: true | static | auto) in "
             f"bfloat16 on a CPU; this model runs {engine_path} in {str(dtype).removeprefix('torch.')} on {device.type}"
@@ -143,12 +149,9 @@ def resolve_linear_kernel(setting: str, engine_path: str, device: torch.device, 
     from eagle2.kernels import unavailable_reason
 
     reason = unavailable_reason()
-    if reason is None:
-        return "few_row"
-    if setting == "auto":
-        logger.info("linear_kernel auto -> default: %s", reason)
-        return "default"
-    raise ValueError(f"linear_kernel: few_row cannot run here: {reason} (use default or auto)")
+    if reason is not None:
+        raise ValueError(f"linear_kernel: few_row cannot run here: {reason} (use default, autotune or auto)")
+    return "few_row"
 
 
 def compiled_graph_count() -> int:

@@ -101,15 +101,39 @@ def test_static_engine_with_the_kernel_drafts_and_decodes_like_its_vanilla(make)
 
 def test_linear_kernel_setting_resolves_or_says_why_not(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_linear_kernel("auto", "compiled", cpu, torch.bfloat16) == "autotune"
     assert resolve_linear_kernel("auto", "compiled", cpu, torch.float32) == "default"
+    assert resolve_linear_kernel("auto", "static", cpu, torch.bfloat16) == "default"
     assert resolve_linear_kernel("auto", "eager", cpu, torch.bfloat16) == "default"
     assert resolve_linear_kernel("auto", "compiled", cuda, torch.bfloat16) == "default"
     assert resolve_linear_kernel("default", "compiled", cpu, torch.bfloat16) == "default"
+    assert resolve_linear_kernel("autotune", "compiled", cpu, torch.float32) == "autotune"
+    with pytest.raises(ValueError, match="needs the compiled engine"):
+        resolve_linear_kernel("autotune", "static", cpu, torch.bfloat16)
     with pytest.raises(ValueError, match="float32 on cpu"):
         resolve_linear_kernel("few_row", "compiled", cpu, torch.float32)
     monkeypatch.setattr(kernels, "unavailable_reason", lambda: "this CPU has no AVX512-BF16")
-    assert resolve_linear_kernel("auto", "compiled", cpu, torch.bfloat16) == "default"
     with pytest.raises(ValueError, match="no AVX512-BF16"):
         resolve_linear_kernel("few_row", "static", cpu, torch.bfloat16)
     monkeypatch.setattr(kernels, "unavailable_reason", lambda: None)
-    assert resolve_linear_kernel("auto", "static", cpu, torch.bfloat16) == "few_row"
+    assert resolve_linear_kernel("few_row", "static", cpu, torch.bfloat16) == "few_row"
+
+
+def test_autotune_needs_the_compiled_path():
+    with pytest.raises(ValueError, match="needs compile=True"):
+        StaticTargetModel(tiny_llama(vocab_size=112, seed=6, dtype=torch.bfloat16).model, capacity=256, linear_kernel="autotune")
+    with pytest.raises(ValueError, match="expected one of default, autotune, few_row"):
+        StaticTargetModel(tiny_llama(vocab_size=112, seed=6, dtype=torch.bfloat16).model, capacity=256, linear_kernel="onednn")
+
+
+@pytest.mark.slow
+def test_autotuned_compiled_target_keeps_the_outputs():
+    """linear_kernel="autotune": inductor's per-shape kernel choice compiles the tiny bf16 model and
+    its logits stay within bf16 noise of the eager model's (one graph: autotuning compiles slowly)."""
+    eager = tiny_llama(vocab_size=112, seed=7, dtype=torch.bfloat16)
+    prompt = torch.tensor(random_prompt(112, 10, 8))
+    reference_cache = eager.new_cache(64)
+    expected = eager.forward(prompt, reference_cache).logits
+    target = StaticTargetModel(tiny_llama(vocab_size=112, seed=7, dtype=torch.bfloat16).model, compile=True, capacity=256, linear_kernel="autotune")
+    got = target.forward(prompt, target.new_cache(64)).logits
+    torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05)
