@@ -27,7 +27,7 @@ verification are unchanged. What differs:
   compiled target's weights must not change afterwards.
 * linear_kernel="autotune" (compiled only) lets inductor time, per matmul shape, its own C++ GEMM
   template against oneDNN and fuse linear layers that share an input: on the 2-core AMD VM, bf16
-  vanilla 18.1 ms/token against 23.1 (few_row) and 31.1 (default: oneDNN for every shape);
+  vanilla 16.5 ms/token against 23.5 (few_row) and 30.0 (default: oneDNN for every shape);
   compiles take longer (results/engine-bench/cpu-smollm2-linear-kernels.txt).
 * linear_kernel="few_row" (bf16 on a CPU with AVX512-BF16) swaps the decoder's and the draft
   head's bias-free linear layers, the lm_head and the draft scorer for eagle2.kernels.FewRowLinear:

@@ -131,7 +131,7 @@ def resolve_linear_kernel(setting: str, engine_path: str, device: torch.device, 
 
     `auto` is autotune for the compiled engine in bfloat16/float16 on a CPU (inductor times its C++
     GEMM template against oneDNN per shape and fuses linear layers sharing an input: side by side,
-    vanilla 18.1 ms/token against 23.1 with few_row and 31.1 with oneDNN alone,
+    vanilla 16.5 ms/token against 23.5 with few_row and 30.0 with oneDNN alone,
     results/engine-bench/cpu-smollm2-linear-kernels.txt), else default. Asking for a kernel where it
     cannot run is an error that says why."""
     on_cpu_half = device.type == "cpu" and dtype in (torch.bfloat16, torch.float16)

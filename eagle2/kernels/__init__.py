@@ -5,9 +5,11 @@ fast the weights stream from memory. The oneDNN kernels that inductor's frozen C
 stream them at ~11 GB/s for one row and get slower per row from 4 rows up; inductor's own C++ GEMM
 template (max_autotune) is fast for one row but not for eight (results/engine-bench/). The
 kernel in few_row_linear.cpp reads each weight once per call for up to 8 rows (then once per 8),
-with one AVX512-BF16 dot-product instruction per row and 64 weight bytes, from a packed layout; it
-streams ~21 GB/s for one row and ~14 GB/s for eight on the 2-core VM
-(`python benchmarks/linear_kernels.py`).
+with one AVX512-BF16 dot-product instruction per row and 64 weight bytes, from a packed layout
+(`python benchmarks/linear_kernels.py` times it beside the others). Inside a compiled model it is
+faster than oneDNN but slower than inductor's autotuned template, which also fuses the linear
+layers that share an input (results/engine-bench/cpu-smollm2-linear-kernels.txt), so the engine
+uses it only when asked (linear_kernel: few_row).
 
 It also reduces every output element over k in the same order whatever the row count, so a row
 of a verification tree gets bit-identical linear outputs to the same row decoded alone.
@@ -85,8 +87,9 @@ def eligible(layer: nn.Module) -> bool:
 
 
 # Up to this many rows the kernel is faster than the oneDNN one a frozen compiled graph uses; beyond
-# it oneDNN is (on the 2-core AMD VM, per forward of the 30-layer model: 1 row 12.6 ms against 17.3,
-# 8 rows 22.7 against 18.9: at 8 rows both are bound by dot-product throughput, not memory).
+# it oneDNN is (2-core AMD VM, the linear layers of one compiled forward of the 30-layer model under
+# torch.profiler, a one-off measurement: 1 row 12.6 ms against 17.3, 8 rows 22.7 against 18.9; at 8
+# rows both are bound by dot-product throughput, not memory).
 MAX_KERNEL_ROWS = 4
 
 
