@@ -135,8 +135,13 @@ class StaticTreeKVCache(Cache):
 
 # Inductor settings of linear_kernel="autotune": each matmul shape timed between inductor's own C++
 # GEMM template and oneDNN (aten) when it compiles, and linear layers that share an input (q/k/v,
-# gate/up) fused into one.
-AUTOTUNE_SETTINGS = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "cpp.enable_concat_linear": True}
+# gate/up) fused into one; without inductor's per-shape timing tables on stderr.
+AUTOTUNE_SETTINGS = {
+    "max_autotune": True,
+    "max_autotune_gemm_backends": "CPP,ATEN",
+    "cpp.enable_concat_linear": True,
+    "autotune_num_choices_displayed": 0,
+}
 
 
 def compiled_for(
