@@ -141,6 +141,7 @@ AUTOTUNE_SETTINGS = {
     "max_autotune_gemm_backends": "CPP,ATEN",
     "cpp.enable_concat_linear": True,
     "autotune_num_choices_displayed": 0,
+    "max_autotune_report_choices_stats": False,
 }
 
 
