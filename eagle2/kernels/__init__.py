@@ -50,7 +50,8 @@ def _build() -> object:
     """Builds (or loads the cached build of) the extension; raises RuntimeError if that fails."""
     from torch.utils.cpp_extension import load
 
-    module = load(name="eagle2_few_row_linear", sources=[str(SOURCE)], extra_cflags=["-O3"], verbose=False)
+    # A library of operators only (no Python module): torch loads it and registers eagle2_kernels::*.
+    module = load(name="eagle2_few_row_linear", sources=[str(SOURCE)], extra_cflags=["-O3"], is_python_module=False, verbose=False)
 
     @torch.library.register_fake("eagle2_kernels::few_row_linear")
     def _(input: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:

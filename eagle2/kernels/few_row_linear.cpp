@@ -6,8 +6,11 @@
 // accumulator are 16 outputs: no horizontal sums. Every output element is reduced over k in the same
 // order whatever the number of rows or the row's position, so a row of a tree gets bit-identical
 // linear outputs to the same row alone (the oneDNN kernels do not promise that).
-#include <torch/extension.h>
+// ATen and the operator registry only (not torch/extension.h: no Python bindings, a faster build).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 #include <immintrin.h>
 
 namespace {
@@ -96,8 +99,6 @@ at::Tensor linear(const at::Tensor& input, const at::Tensor& packed, int64_t out
   return out.view(out_sizes);
 }
 
-bool supported() { return __builtin_cpu_supports("avx512bf16"); }
-
 }  // namespace
 
 TORCH_LIBRARY(eagle2_kernels, m) {
@@ -109,5 +110,3 @@ TORCH_LIBRARY_IMPL(eagle2_kernels, CPU, m) {
   m.impl("pack", &pack);
   m.impl("few_row_linear", &linear);
 }
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("supported", &supported); }
