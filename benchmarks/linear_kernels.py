@@ -2,7 +2,7 @@
 
 A stack of `--layers` decoder-shaped blocks of linear layers (q, k, v, o, gate, up, down; the
 attention itself left out, SiLU kept) with random weights of SmolLM2-135M's shapes by default, run
-for 1, 4 and 8 rows (a vanilla step, an EAGLE-2 expansion, a CPU verification tree). Two ways of
+for 1, 4 and 8 rows (a vanilla step, an EAGLE-2 expansion, a CPU verification tree). Three ways of
 compiling it, each with the weights frozen into the graph as the engine does on a CPU:
 
   onednn    the engine's default: inductor's frozen linear layers (oneDNN, packed weights)
@@ -31,10 +31,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from eagle2.kernels import unavailable_reason, use_few_row_linears  # noqa: E402
+from eagle2.static import AUTOTUNE_SETTINGS  # noqa: E402
+
 SETTINGS = {
     "onednn": {"freezing": True},
     "few_row": {"freezing": True},  # on a copy of the blocks whose linear layers are FewRowLinear
-    "autotune": {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN", "cpp.enable_concat_linear": True},
+    "autotune": {"freezing": True, **AUTOTUNE_SETTINGS},  # the engine's linear_kernel: autotune
 }
 
 
@@ -79,8 +82,6 @@ def main() -> None:
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(f"{args.layers} blocks, {weight_bytes / 1e6:.0f} MB of bf16 weights, {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'kernels':10} {'rows':>4} {'ms':>8} {'GB/s':>6}")
-    from eagle2.kernels import unavailable_reason, use_few_row_linears
-
     models = {"onednn": model, "autotune": model}
     if (reason := unavailable_reason()) is None:
         models["few_row"] = copy.deepcopy(model)

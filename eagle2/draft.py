@@ -32,6 +32,7 @@ import torch
 from eagle2.cache import PositionIndexedLayer
 from eagle2.eagle3_head import Eagle3Head
 from eagle2.head import DraftHead
+from eagle2.kernels import use_few_row_linears
 from eagle2.static import VIEW_MULTIPLE, FixedSlotLayer, SlotCursor, StaticTargetModel, compiled_for, round_up
 from eagle2.target import FINAL_NORM, FeatureSpec, TargetModel
 from eagle2.tree import DraftTree, StaticTreeShape, load_static_tree
@@ -228,8 +229,6 @@ class StaticHeadDrafter(HeadDrafter):
 
     def __init__(self, head: DraftHead, target: StaticTargetModel, draft_vocab: torch.Tensor | None = None, *, compile: bool = False) -> None:
         if target.linear_kernel == "few_row":
-            from eagle2.kernels import use_few_row_linears
-
             use_few_row_linears(head)  # the head's bias-free bf16 layers; a no-op once done
         super().__init__(head, target, draft_vocab)
         self.cursor = SlotCursor(target.device)

@@ -50,6 +50,7 @@ import torch._inductor.config as inductor_config
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from eagle2.kernels import FewRowLinear, eligible, unavailable_reason, use_few_row_linears
 from eagle2.target import FINAL_NORM, FeatureSpec, TargetModel, TargetOutput
 from eagle2.tree import DraftTree
 
@@ -197,13 +198,11 @@ class StaticTargetModel(TargetModel):
         self.linear_kernel = linear_kernel
         self.few_row_linears = 0
         if linear_kernel == "few_row":
-            from eagle2.kernels import FewRowLinear, unavailable_reason, use_few_row_linears
-
             reason = unavailable_reason()
             if reason is not None:
                 raise ValueError(f"linear_kernel few_row: {reason} (use linear_kernel: default)")
             self.few_row_linears = use_few_row_linears(self.decoder)
-            if eligible_lm_head := self._few_row_eligible(self.lm_head):
+            if eligible_lm_head := eligible(self.lm_head):
                 self._project = FewRowLinear.from_linear(self.lm_head)
             logger.info("few-row bf16 kernel: %d decoder linear layers%s", self.few_row_linears, ", the lm_head" if eligible_lm_head else "")
         if compile and self.device.type == "cpu" and self.config._attn_implementation != "eager":
@@ -218,18 +217,10 @@ class StaticTargetModel(TargetModel):
             # Row counts vary (1, a tree, the nodes a verifier visits): one dynamic graph (0 and 1 rows get their own).
             self._project = compiled_for(self._project, self.device, dynamic=True, autotune=autotune)
 
-    @staticmethod
-    def _few_row_eligible(layer: torch.nn.Module) -> bool:
-        from eagle2.kernels import eligible
-
-        return eligible(layer)
-
     def draft_scorer(self, draft_vocab: torch.Tensor | None) -> torch.nn.Module:
         scorer = super().draft_scorer(draft_vocab)
-        if self.linear_kernel != "few_row" or not self._few_row_eligible(scorer):
+        if self.linear_kernel != "few_row" or not eligible(scorer):
             return scorer
-        from eagle2.kernels import FewRowLinear
-
         key = ("few_row", None if draft_vocab is None else tuple(draft_vocab.tolist()))
         if key not in self._draft_scorers:
             self._draft_scorers[key] = FewRowLinear.from_linear(scorer)

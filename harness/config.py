@@ -158,7 +158,7 @@ class ModelConfig:
     compile: str | bool = setting((str, bool), "the static-shape, torch.compile'd engine path; auto: true on CUDA, "
                                   "and on a CPU in bf16/fp16; static: fixed shapes without torch.compile", "auto",
                                   choices=("auto", True, False, "static"))
-    # How a static/compiled bf16 engine on a CPU computes linear layers; harness.runner.resolve_linear_kernel says what auto means.
+    # How the static/compiled engine on a CPU computes linear layers; harness.runner.resolve_linear_kernel says what auto means.
     linear_kernel: str = setting(str, "linear layers of the engine on a CPU: default (oneDNN), autotune (compiled: inductor "
                                  "picks per shape, fuses shared-input layers), few_row (bf16, eagle2.kernels, AVX512-BF16); "
                                  "auto: autotune when compiled in bf16/fp16 on a CPU, else default", "auto",

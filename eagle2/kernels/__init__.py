@@ -31,27 +31,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from eagle2.target import cpu_bf16_flags
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("few_row_linear.cpp")
 BLOCK = 16  # output columns per packed block: out_features must be a multiple
 
 
-def cpu_has_avx512_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags
-
-
 @functools.cache
-def _build() -> object:
+def _build() -> None:
     """Builds (or loads the cached build of) the extension; raises RuntimeError if that fails."""
     from torch.utils.cpp_extension import load
 
     # A library of operators only (no Python module): torch loads it and registers eagle2_kernels::*.
-    module = load(name="eagle2_few_row_linear", sources=[str(SOURCE)], extra_cflags=["-O3"], is_python_module=False, verbose=False)
+    load(name="eagle2_few_row_linear", sources=[str(SOURCE)], extra_cflags=["-O3"], is_python_module=False, verbose=False)
 
     @torch.library.register_fake("eagle2_kernels::few_row_linear")
     def _(input: torch.Tensor, packed: torch.Tensor, out_features: int) -> torch.Tensor:
@@ -61,12 +55,10 @@ def _build() -> object:
     def _(weight: torch.Tensor) -> torch.Tensor:
         return weight.new_empty(weight.shape[0] // BLOCK, weight.shape[1] // 2, BLOCK, 2)
 
-    return module
-
 
 def unavailable_reason() -> str | None:
     """None if the kernel can run here, else why not (no AVX512-BF16, or the build failed)."""
-    if not cpu_has_avx512_bf16():
+    if "avx512_bf16" not in cpu_bf16_flags():
         return "this CPU has no AVX512-BF16"
     try:
         _build()
