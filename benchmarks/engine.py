@@ -18,9 +18,10 @@ come from the run's aggregated tables (harness.aggregate.tabulate). In bfloat16/
 difference from vanilla is audited against the model in float32 (a float32 eager variant of the run
 when there is one): near-tie or unexplained.
 
-A variant is DTYPE:PATH[:KERNEL], PATH one of eager (the dynamic engine), static (fixed shapes, no
-compile) or compiled (fixed shapes, torch.compile); KERNEL the model entry's linear_kernel (auto;
-default: oneDNN; autotune: compiled, inductor picks per shape; few_row: eagle2.kernels).
+A variant is DTYPE:PATH[:KERNEL[:WRAPPER]], PATH one of eager (the dynamic engine), static (fixed
+shapes, no compile) or compiled (fixed shapes, torch.compile); KERNEL the model entry's linear_kernel
+(auto; default: oneDNN; autotune: compiled, inductor picks per shape; few_row: eagle2.kernels);
+WRAPPER its cpp_wrapper (auto; cpp; python), e.g. bfloat16:compiled:autotune:python.
 
     python benchmarks/engine.py                        # embedded SmolLM2-135M, CPU, dtype auto, eager
     python benchmarks/engine.py --variants float32:eager,bfloat16:eager,bfloat16:compiled
@@ -60,6 +61,7 @@ DEFAULT_METHODS = [
 ]
 PATHS = {"eager": False, "static": "static", "compiled": True}  # path -> the model entry's `compile`
 LINEAR_KERNELS = ("auto", "default", "autotune", "few_row")  # the model entry's `linear_kernel`
+WRAPPERS = {"auto": "auto", "cpp": True, "python": False}  # variant word -> the model entry's `cpp_wrapper`
 
 
 @dataclass(frozen=True)
@@ -67,27 +69,39 @@ class Variant:
     dtype: str  # as a suite's model dtype: auto | float32 | bfloat16 | ...
     path: str  # eager | static | compiled
     linear_kernel: str = "auto"  # the model entry's linear_kernel: auto | default | autotune | few_row
+    wrapper: str = "auto"  # a WRAPPERS key: the model entry's cpp_wrapper
+
+    def _parts(self) -> list[str]:
+        parts = [self.dtype, self.path]
+        if self.linear_kernel != "auto" or self.wrapper != "auto":
+            parts.append(self.linear_kernel)
+        if self.wrapper != "auto":
+            parts.append(self.wrapper)
+        return parts
 
     @property
     def label(self) -> str:
-        return f"{self.dtype}:{self.path}" + ("" if self.linear_kernel == "auto" else f":{self.linear_kernel}")
+        return ":".join(self._parts())
 
     @property
     def entry_name(self) -> str:  # a suite model name (letters, digits, _ . + -)
-        return f"{self.dtype}-{self.path}" + ("" if self.linear_kernel == "auto" else f"-{self.linear_kernel}")
+        return "-".join(self._parts())
 
 
 def parse_variants(text: str) -> list[Variant]:
     variants = []
     for item in text.split(","):
         dtype, _, rest = item.strip().partition(":")
-        path, _, kernel = rest.partition(":")
-        path, kernel = path or "eager", kernel or "auto"
+        path, _, rest = rest.partition(":")
+        kernel, _, wrapper = rest.partition(":")
+        path, kernel, wrapper = path or "eager", kernel or "auto", wrapper or "auto"
         if path not in PATHS:
             raise ValueError(f"variant {item!r}: path {path!r} is not one of {', '.join(PATHS)}")
         if kernel not in LINEAR_KERNELS:
             raise ValueError(f"variant {item!r}: linear kernel {kernel!r} is not one of {', '.join(LINEAR_KERNELS)}")
-        variants.append(Variant(dtype, path, kernel))
+        if wrapper not in WRAPPERS:
+            raise ValueError(f"variant {item!r}: wrapper {wrapper!r} is not one of {', '.join(WRAPPERS)}")
+        variants.append(Variant(dtype, path, kernel, wrapper))
     if len({v.label for v in variants}) < len(variants):
         raise ValueError(f"--variants lists a variant twice: {text}")
     return variants
@@ -96,7 +110,8 @@ def parse_variants(text: str) -> list[Variant]:
 def benchmark_suite(args: argparse.Namespace, variants: list[Variant], methods: list[tuple[str, dict]], head: str) -> Any:
     """The in-memory suite of one benchmark run."""
     models = [{"name": v.entry_name, "source": args.model, "dtype": v.dtype, "device": args.device or "auto", "head": head,
-               "chat_template": args.chat_template, "compile": PATHS[v.path], "linear_kernel": v.linear_kernel} for v in variants]
+               "chat_template": args.chat_template, "compile": PATHS[v.path], "linear_kernel": v.linear_kernel, "cpp_wrapper": WRAPPERS[v.wrapper]}
+              for v in variants]
     return suite_from_dict({
         "schema": 1,
         "name": "engine-bench",
@@ -141,6 +156,7 @@ def result_rows(tables: Any, variants: list[Variant], methods: list[tuple[str, d
             "path": variant.path,
             "engine_path": info.get("engine_path"),
             "linear_kernel": info.get("linear_kernel"),
+            "cpp_wrapper": info.get("cpp_wrapper"),
             "method": r["method"],
             "params": params,
             "label": method_label(r["method"], params) + (f" vocab {params['draft_vocab_size']}" if params.get("draft_vocab_size") else ""),

@@ -238,7 +238,9 @@ class StaticHeadDrafter(HeadDrafter):
         # several trees and vocabularies share this code, and dimensions dynamic across them gave
         # graphs that other strides or offsets of the same shapes missed (compiling in timed runs).
         self._scored_step = (
-            compiled_for(self._head_step, target.device, automatic_dynamic=False, autotune=target.linear_kernel == "autotune")
+            compiled_for(
+                self._head_step, target.device, automatic_dynamic=False, autotune=target.linear_kernel == "autotune", cpp_wrapper=target.cpp_wrapper
+            )
             if compile
             else self._head_step
         )

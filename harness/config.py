@@ -163,6 +163,10 @@ class ModelConfig:
                                  "picks per shape, fuses shared-input layers), few_row (bf16, eagle2.kernels, AVX512-BF16); "
                                  "auto: autotune when compiled in bf16/fp16 on a CPU, else default", "auto",
                                  choices=("auto", "default", "autotune", "few_row"))
+    # Inductor's C++ wrapper for the compiled engine's graphs on a CPU; harness.runner.resolve_cpp_wrapper says what auto means.
+    cpp_wrapper: str | bool = setting((str, bool), "compiled engine on a CPU: the code that calls a graph's kernels in C++ instead "
+                                      "of Python (less per-step overhead, longer compiles); auto: true when compiled on a CPU",
+                                      "auto", choices=("auto", True, False))
     # e.g. a float32 entry that runs only vanilla, so a report can state the fastest vanilla of the run across dtypes.
     methods: tuple[str, ...] | None = setting((list, _NULL), "the suite's methods this model runs (null: all)", None,
                                               each=Field(str), non_empty=True, what="a non-empty list of method names")
@@ -171,7 +175,7 @@ class ModelConfig:
 
     def identity(self) -> dict[str, Any]:
         """What changes this model's outputs (device placement and compilation do not; the head is the cell's)."""
-        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "linear_kernel", "methods", "gpus"}
+        skip = {"device", "device_map", "head", "head_fallback", "eagle3_head", "compile", "linear_kernel", "cpp_wrapper", "methods", "gpus"}
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
 
 

@@ -154,6 +154,20 @@ def resolve_linear_kernel(setting: str, engine_path: str, device: torch.device, 
     return "few_row"
 
 
+def resolve_cpp_wrapper(setting: str | bool, engine_path: str, device: torch.device) -> bool:
+    """Whether the compiled engine's graphs get inductor's C++ wrapper (eagle2.static.compiled_for).
+
+    `auto` is on for the compiled engine on a CPU, where the Python wrapper's per-kernel calls cost
+    2-5 ms of a speculative step (side by side: EAGLE-2 3/4/8 +15% tokens/s, vanilla unchanged;
+    results/engine-bench/cpu-smollm2-cpp-wrapper.txt); CUDA graphs already replay a graph's kernels
+    without it. `true` elsewhere is an error that says why."""
+    if setting == "auto":
+        return engine_path == "compiled" and device.type == "cpu"
+    if setting and (engine_path != "compiled" or device.type != "cpu"):
+        raise ValueError(f"cpp_wrapper: true needs the compiled engine (compile: true | auto) on a CPU; this model runs {engine_path} on {device.type}")
+    return bool(setting)
+
+
 def compiled_graph_count() -> int:
     """Graphs torch.compile has built in this process so far (dynamo's own statistics counter)."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
@@ -490,12 +504,12 @@ class Runner:
         )
         engine_path = resolve_compile(config.compile, loaded.target.device, loaded.target.dtype)
         linear_kernel = resolve_linear_kernel(config.linear_kernel, engine_path, loaded.target.device, loaded.target.dtype)
+        cpp_wrapper = resolve_cpp_wrapper(config.cpp_wrapper, engine_path, loaded.target.device)
         if engine_path != "eager":
             from eagle2.static import StaticTargetModel
 
-            loaded = dataclasses.replace(
-                loaded, target=StaticTargetModel(loaded.target.model, compile=engine_path == "compiled", linear_kernel=linear_kernel)
-            )
+            target = StaticTargetModel(loaded.target.model, compile=engine_path == "compiled", linear_kernel=linear_kernel, cpp_wrapper=cpp_wrapper)
+            loaded = dataclasses.replace(loaded, target=target)
         heads: dict[str, Any] = {}
         heads_used: dict[str, str | None] = {}
         head_errors: dict[str, Exception] = {}
@@ -526,6 +540,8 @@ class Runner:
             "compile_requested": config.compile,
             "linear_kernel": linear_kernel,
             "linear_kernel_requested": config.linear_kernel,
+            "cpp_wrapper": cpp_wrapper,
+            "cpp_wrapper_requested": config.cpp_wrapper,
             # transformers' attention implementation the target ran (a CPU compile switches it to eager)
             "attention": getattr(loaded.target.config, "_attn_implementation", None),
             "dtype_reason": loaded.dtype_reason,

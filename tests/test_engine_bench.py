@@ -3,10 +3,14 @@ aggregated tables, its variants are model entries run interleaved, and the folde
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import DATA_DIR, REPO_ROOT
 
@@ -39,3 +43,21 @@ def test_the_engine_benchmark_is_a_runner_run_on_a_tiny_model(tmp_path):
     summary = tabulate(load_runs(run_dir)).summary
     assert sorted(round(float(x), 2) for x in summary["tokens_per_s"]) == sorted(r["tokens_per_s"] for r in rows)
     assert "fastest vanilla: " in done.stdout and "our vanilla" not in done.stdout  # no hf_generate in this run
+
+
+def test_variants_name_their_kernel_and_wrapper_or_say_what_is_allowed(monkeypatch):
+    """A variant is DTYPE:PATH[:KERNEL[:WRAPPER]]; auto parts stay out of its label and entry name."""
+    spec = importlib.util.spec_from_file_location("engine_bench", REPO_ROOT / "benchmarks" / "engine.py")
+    engine = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, engine)  # its dataclasses look their module up
+    spec.loader.exec_module(engine)
+    variants = engine.parse_variants("bfloat16:compiled,bfloat16:compiled:autotune:python,bfloat16:compiled:auto:cpp,float32")
+    assert [v.label for v in variants] == ["bfloat16:compiled", "bfloat16:compiled:autotune:python", "bfloat16:compiled:auto:cpp", "float32:eager"]
+    assert [v.entry_name for v in variants][1] == "bfloat16-compiled-autotune-python"
+    suite = engine.benchmark_suite(
+        argparse.Namespace(model="tiny", device=None, chat_template="tokenizer", prompts=1, max_new_tokens=4, temperature=0.0, repeats=1, profile=False),
+        variants[1:3], [("vanilla", {})], "random",
+    )
+    assert [m.cpp_wrapper for m in suite.models] == [False, True]
+    with pytest.raises(ValueError, match="wrapper 'c' is not one of auto, cpp, python"):
+        engine.parse_variants("bfloat16:compiled:autotune:c")

@@ -8,7 +8,7 @@ from torch import nn
 
 from eagle2 import DynamicTreeProposer, StaticTreeProposer, generate
 from eagle2.static import StaticTargetModel
-from harness.runner import resolve_linear_kernel
+from harness.runner import resolve_cpp_wrapper, resolve_linear_kernel
 from conftest import random_prompt, tiny_head, tiny_llama
 
 kernels = pytest.importorskip("eagle2.kernels")
@@ -117,6 +117,20 @@ def test_linear_kernel_setting_resolves_or_says_why_not(monkeypatch):
         resolve_linear_kernel("few_row", "static", cpu, torch.bfloat16)
     monkeypatch.setattr(kernels, "unavailable_reason", lambda: None)
     assert resolve_linear_kernel("few_row", "static", cpu, torch.bfloat16) == "few_row"
+
+
+def test_cpp_wrapper_setting_resolves_or_says_why_not():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_cpp_wrapper("auto", "compiled", cpu) is True
+    assert resolve_cpp_wrapper("auto", "static", cpu) is False
+    assert resolve_cpp_wrapper("auto", "eager", cpu) is False
+    assert resolve_cpp_wrapper("auto", "compiled", cuda) is False
+    assert resolve_cpp_wrapper(False, "compiled", cpu) is False
+    assert resolve_cpp_wrapper(True, "compiled", cpu) is True
+    with pytest.raises(ValueError, match="needs the compiled engine .* this model runs static on cpu"):
+        resolve_cpp_wrapper(True, "static", cpu)
+    with pytest.raises(ValueError, match="this model runs compiled on cuda"):
+        resolve_cpp_wrapper(True, "compiled", cuda)
 
 
 def test_autotune_needs_the_compiled_path():

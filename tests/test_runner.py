@@ -362,7 +362,8 @@ def test_bfloat16_run_is_audited_and_reported(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_model_gives_the_eager_outputs(tmp_path):
-    """compile: true runs the static-shape, torch.compile'd path; greedy outputs equal the eager run's."""
+    """compile: true runs the static-shape, torch.compile'd path (on a CPU with inductor's C++ wrapper,
+    cpp_wrapper: auto); greedy outputs, vanilla's and the drafting methods', equal the eager run's."""
     text = SUITE.replace("dtype: float64", "dtype: float32").replace("temperatures: [0, 1]", "temperatures: [0]").replace("limit: 2", "limit: 1")
     eager = run_suite(make_suite(tmp_path, text), options(tmp_path / "eager"))
     compiled = run_suite(make_suite(tmp_path, text.replace("head: random", "head: random\n    compile: true"), "c.yaml"), options(tmp_path / "compiled"))
@@ -371,6 +372,8 @@ def test_compiled_model_gives_the_eager_outputs(tmp_path):
     assert {key(r): r["output_ids"] for r in rows(tmp_path / "compiled")} == outputs
     manifest = json.loads((tmp_path / "compiled" / "manifest.json").read_text())
     assert manifest["models"]["tiny"]["compile"] is True and manifest["warmup_seconds"]
+    # cpp_wrapper: auto on a CPU's compiled path is the C++ wrapper: the harness runs it here.
+    assert manifest["models"]["tiny"]["cpp_wrapper"] is True and manifest["models"]["tiny"]["cpp_wrapper_requested"] == "auto"
 
 
 def test_interleaved_schedule_rotates_model_entries_question_by_question(tmp_path):

@@ -166,6 +166,11 @@ def test_compiled_static_path_equals_eager():
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
+def test_cpp_wrapper_needs_the_compiled_path_on_a_cpu():
+    with pytest.raises(ValueError, match="cpp_wrapper needs compile=True on a CPU"):
+        StaticTargetModel(tiny_llama(vocab_size=97, seed=8, dtype=torch.float32).model, capacity=256, cpp_wrapper=True)
+
+
 @pytest.mark.slow
 def test_warm_up_compiles_every_catch_up_size_a_generation_can_meet():
     """The head's catch-up row count follows the accepted length (1 to depth + 1, padded): a warm-up
