@@ -38,8 +38,8 @@ verification are unchanged. What differs:
   its kernels one after another, as C++ rather than Python: a 30-layer forward makes hundreds of
   kernel calls and tensor allocations, each a few microseconds in Python. Side by side with
   autotune's kernels, an 8-row tree's verification went from 34.3 to 29.5 ms and a 4-row one's
-  from 28.1 to 25.9, a vanilla step stayed at ~16 ms (its graph calls few extern kernels)
-  (results/engine-bench/cpu-smollm2-cpp-wrapper.txt). Compiles take longer (a C++ build per graph).
+  from 28.1 to 25.9, a vanilla step stayed at ~16 ms (its graph calls few extern kernels); a
+  repeat gave 39.0 -> 36.9 and 34.5 -> 30.4 (results/engine-bench/cpu-smollm2-cpp-wrapper*.txt). Compiles take longer (a C++ build per graph).
 
 The masks span the view ([1, 1, q, view] additive), so attention costs grow with the view, not the
 capacity.

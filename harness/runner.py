@@ -158,9 +158,9 @@ def resolve_cpp_wrapper(setting: str | bool, engine_path: str, device: torch.dev
     """Whether the compiled engine's graphs get inductor's C++ wrapper (eagle2.static.compiled_for).
 
     `auto` is on for the compiled engine on a CPU, where the Python wrapper's per-kernel calls cost
-    2-5 ms of a speculative step (side by side: EAGLE-2 3/4/8 +15% tokens/s, vanilla unchanged;
-    results/engine-bench/cpu-smollm2-cpp-wrapper.txt); CUDA graphs already replay a graph's kernels
-    without it. `true` elsewhere is an error that says why."""
+    2-5 ms of a speculative step (side by side in two runs: EAGLE-2 +4-15% tokens/s, vanilla
+    unchanged; results/engine-bench/cpu-smollm2-cpp-wrapper*.txt); CUDA graphs already replay a
+    graph's kernels without it. `true` elsewhere is an error that says why."""
     if setting == "auto":
         return engine_path == "compiled" and device.type == "cpu"
     if setting and (engine_path != "compiled" or device.type != "cpu"):
