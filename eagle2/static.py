@@ -39,7 +39,8 @@ verification are unchanged. What differs:
   kernel calls and tensor allocations, each a few microseconds in Python. Side by side with
   autotune's kernels, an 8-row tree's verification went from 34.3 to 29.5 ms and a 4-row one's
   from 28.1 to 25.9, a vanilla step stayed at ~16 ms (its graph calls few extern kernels); a
-  repeat gave 39.0 -> 36.9 and 34.5 -> 30.4 (results/engine-bench/cpu-smollm2-cpp-wrapper*.txt). Compiles take longer (a C++ build per graph).
+  repeat gave 39.0 -> 36.9 and 34.5 -> 30.4 (results/engine-bench/cpu-smollm2-cpp-wrapper*.txt).
+  Compiles take longer (a C++ build per graph).
 
 The masks span the view ([1, 1, q, view] additive), so attention costs grow with the view, not the
 capacity.
@@ -179,7 +180,7 @@ def compiled_for(
 
     def scoped(*args, **kwargs):
         # Compilation happens inside a call (the first one, and each new shape's), so the settings are
-        # scoped to every call (~30 us). torch.compile(options={"freezing": True}) does not reach the
+        # scoped to every call (~0.1 ms, measured on the 2-core VM). torch.compile(options={"freezing": True}) does not reach the
         # pass that repacks the weights (torch 2.13); inductor's own scoped config does.
         with torch._dynamo.config.patch(recompile_limit=graphs, automatic_dynamic_shapes=automatic_dynamic), inductor_config.patch(settings):
             return compiled(*args, **kwargs)
