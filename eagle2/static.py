@@ -180,8 +180,9 @@ def compiled_for(
 
     def scoped(*args, **kwargs):
         # Compilation happens inside a call (the first one, and each new shape's), so the settings are
-        # scoped to every call (~0.1 ms, measured on the 2-core VM). torch.compile(options={"freezing": True}) does not reach the
-        # pass that repacks the weights (torch 2.13); inductor's own scoped config does.
+        # scoped to every call (~0.1 ms, measured on the 2-core VM). torch.compile(options={"freezing":
+        # True}) does not reach the pass that repacks the weights (torch 2.13); inductor's own scoped
+        # config does.
         with torch._dynamo.config.patch(recompile_limit=graphs, automatic_dynamic_shapes=automatic_dynamic), inductor_config.patch(settings):
             return compiled(*args, **kwargs)
 
