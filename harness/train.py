@@ -225,6 +225,8 @@ def cmd_train_eagle3(args: argparse.Namespace) -> None:
     from eagle2.file_io import write_json_atomic
 
     defaults = Eagle3TrainConfig()
+    if args.compute_dtype != "float32":
+        raise ValueError(f"--compute-dtype {args.compute_dtype} is for --head-kind eagle; the EAGLE-3 trainer computes in float32")
     # The stage's shared flags: --ttt-steps (None = the official 7) and --ttt-decay (the step weights' decay).
     values = {name: getattr(args, name) for name in asdict(defaults) if name not in ("ttt_steps", "step_decay") and hasattr(args, name)}
     config = Eagle3TrainConfig(**values, ttt_steps=args.ttt_steps or defaults.ttt_steps, step_decay=args.ttt_decay)
@@ -535,7 +537,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, dtype_flag: str = "-
 def add_stages(stages: argparse._SubParsersAction) -> None:
     """The `train` command's stages, each with its options."""
     from eagle2.train.eagle3 import LM_HEAD_INITS, Eagle3TrainConfig
-    from eagle2.train.trainer import TrainConfig
+    from eagle2.train.trainer import COMPUTE_DTYPES, TrainConfig
 
     p = stages.add_parser("prompts", help="collect and overlap-check training prompts")
     p.add_argument("--work", required=True, help="work folder (all stages' outputs)")
@@ -586,6 +588,9 @@ def add_stages(stages: argparse._SubParsersAction) -> None:
             p.add_argument("--ttt-steps", type=int, default=None,
                            help="training-time test: draft steps unrolled per position (default: 1 = plain EAGLE for --head-kind eagle, "
                            "the official 7 for eagle3); --ttt-decay weighs step j by ttt_decay**j for both kinds")
+        elif name == "compute_dtype":
+            p.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default=value,
+                           help="dtype of the training steps' matmuls (bfloat16: torch.autocast; weights and losses stay float32, held-out evaluation runs in float32)")
         elif isinstance(value, bool):
             p.add_argument(f"--{name.replace('_', '-')}", action="store_true", default=value)
         elif isinstance(value, tuple):

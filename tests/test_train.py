@@ -28,7 +28,7 @@ from eagle2.train.prompts import (
     normalize,
     read_prompts,
 )
-from eagle2.train.trainer import TrainConfig, train
+from eagle2.train.trainer import TrainConfig, load_into, train
 from harness.train import EVAL_SETS, eval_texts, question_file_texts
 
 distill_module = importlib.import_module("eagle2.train.distill")
@@ -357,6 +357,27 @@ def test_the_trained_head_loads_and_is_lossless_in_the_engine(tmp_path: Path, da
             assert record.output_ids == vanilla.output_ids
 
 
+def test_a_head_grown_by_a_layer_drafts_as_its_start_then_trains_and_stays_lossless(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    one_layer = run_pipeline(tmp_path / "a" / "work", data_dir, target)
+    start = DraftHead.from_pretrained(one_layer)
+    grown = DraftHead.random(target.config, num_layers=2, seed=5)
+    load_into(grown, start)
+    generator = torch.Generator().manual_seed(0)
+    embeddings, features = (torch.randn(1, 6, 32, generator=generator) for _ in range(2))
+    positions = torch.arange(6)[None]
+    torch.testing.assert_close(grown(embeddings, features, positions), start(embeddings, features, positions), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="more than the 1 of the head to train"):
+        load_into(start, grown)
+
+    two_layers = run_pipeline(tmp_path / "b" / "work", data_dir, target, train_config=replace(SMALL_TRAIN, num_layers=2, init_from=str(one_layer)))
+    head = DraftHead.from_pretrained(two_layers, embedding_shape=tuple(target.embed_tokens.weight.shape))
+    assert head.num_layers == 2 and head.layers[1].self_attn.o_proj.weight.abs().sum() > 0  # the new layer trained
+    prompt = torch.tensor([1, 5, 6, 7, 8, 9])
+    vanilla = eagle2.generate(target, prompt, max_new_tokens=24, stop_token_ids={STOP})
+    proposer = eagle2.DynamicTreeProposer(head, target, depth=4, top_k=4, total_tokens=16)
+    assert eagle2.generate(target, prompt, max_new_tokens=24, proposer=proposer, stop_token_ids={STOP}).output_ids == vanilla.output_ids
+
+
 def test_draft_vocabulary_takes_the_most_frequent_answer_tokens_and_the_stop_tokens() -> None:
     counts = torch.tensor([0, 5, 0, 9, 1, 7])
     assert choose_draft_vocab(counts, 3, always=[2]).tolist() == [2, 3, 5]
@@ -575,6 +596,25 @@ def test_the_prompts_stage_cli_takes_evaluation_question_files(tmp_path: Path, d
     assert summary["overlaps_dropped"][0]["eval_item"] == "spec_bench/translation_1" and summary["eval_texts_indexed"]["spec_bench"] == 3
 
 
+def test_bfloat16_training_steps_train_about_as_well_and_are_recorded(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
+    full = run_pipeline(tmp_path / "a" / "work", data_dir, target)
+    half = run_pipeline(tmp_path / "b" / "work", data_dir, target, train_config=replace(SMALL_TRAIN, compute_dtype="bfloat16"))
+    summaries = [json.loads((head / "training.json").read_text()) for head in (full, half)]
+    assert [s["config"]["compute_dtype"] for s in summaries] == ["float32", "bfloat16"]
+    assert summaries[0]["steps"] == summaries[1]["steps"] > 2
+    # The steps really ran in bf16 (the weights moved differently) ...
+    a, b = DraftHead.from_pretrained(full), DraftHead.from_pretrained(half)
+    assert any(not torch.equal(a.state_dict()[key], value) for key, value in b.state_dict().items())
+    # ... and trained about as well: held-out losses (evaluated in float32 for both) within 10%.
+    full_loss, half_loss = (s["heldout"]["total"] for s in summaries)
+    assert abs(half_loss - full_loss) <= 0.1 * full_loss, (full_loss, half_loss)
+
+
+def test_an_unknown_compute_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="compute_dtype 'float16': expected one of float32, bfloat16"):
+        TrainConfig(compute_dtype="float16")
+
+
 def test_a_time_budget_stops_training_with_a_head_and_a_rerun_finishes_it(tmp_path: Path, data_dir: Path, target: TargetModel) -> None:
     whole = run_pipeline(tmp_path / "a" / "work", data_dir, target)
     work = tmp_path / "b" / "work"
@@ -587,3 +627,11 @@ def test_a_time_budget_stops_training_with_a_head_and_a_rerun_finishes_it(tmp_pa
     a, b = DraftHead.from_pretrained(whole), DraftHead.from_pretrained(finished)
     for key, value in a.state_dict().items():
         torch.testing.assert_close(b.state_dict()[key], value, atol=0, rtol=0)
+
+
+def test_the_eagle3_trainer_refuses_bfloat16_steps_it_would_not_take(tmp_path: Path, capsys) -> None:
+    from harness.__main__ import main
+
+    args = ["train", "train", "--work", str(tmp_path), "--out", str(tmp_path / "head"), "--head-kind", "eagle3", "--compute-dtype", "bfloat16"]
+    assert main(args) == 2
+    assert "--compute-dtype bfloat16 is for --head-kind eagle" in capsys.readouterr().err
