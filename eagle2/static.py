@@ -177,13 +177,17 @@ def compiled_for(
         raise ValueError(f"cpp_wrapper is for compiled graphs on a CPU, not {device.type} (CUDA graphs replay the kernels there)")
     compiled = torch.compile(function, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=dynamic)
     settings = {"freezing": device.type == "cpu", "cpp_wrapper": cpp_wrapper, **(AUTOTUNE_SETTINGS if autotune else {})}
+    # Compilation happens inside a call (the first one, and each new shape's), so the settings are
+    # scoped to every call. torch.compile(options={"freezing": True}) does not reach the pass that
+    # repacks the weights (torch 2.13); inductor's own scoped config does. The patch objects are
+    # built once: building them took about as long as entering them (~0.1 ms per call in all,
+    # measured on the 2-core VM), and one object may be entered again, nested or not (each entry
+    # keeps its own prior values).
+    dynamo_settings = torch._dynamo.config.patch(recompile_limit=graphs, automatic_dynamic_shapes=automatic_dynamic)
+    inductor_settings = inductor_config.patch(settings)
 
     def scoped(*args, **kwargs):
-        # Compilation happens inside a call (the first one, and each new shape's), so the settings are
-        # scoped to every call (~0.1 ms, measured on the 2-core VM). torch.compile(options={"freezing":
-        # True}) does not reach the pass that repacks the weights (torch 2.13); inductor's own scoped
-        # config does.
-        with torch._dynamo.config.patch(recompile_limit=graphs, automatic_dynamic_shapes=automatic_dynamic), inductor_config.patch(settings):
+        with dynamo_settings, inductor_settings:
             return compiled(*args, **kwargs)
 
     return scoped

@@ -266,3 +266,33 @@ def test_compiled_draft_attention_equals_sdpa():
     expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     compiled = torch.compile(lambda q, k, v, m: attend(q, k, v, m, causal=False), backend="eager")
     torch.testing.assert_close(compiled(query, key, value, mask), expected)
+
+
+def test_compiled_functions_scope_their_settings_to_each_call_nested_ones_included() -> None:
+    import torch._inductor.config as inductor_config
+
+    from eagle2.static import compiled_for
+
+    seen = []
+
+    @torch._dynamo.disable
+    def record(name: str) -> None:
+        seen.append((name, inductor_config.freezing, torch._dynamo.config.recompile_limit))
+
+    def inner(x):
+        record("inner")
+        return x * 2
+
+    compiled_inner = compiled_for(inner, torch.device("cpu"), graphs=7)
+
+    def outer(x):
+        record("outer")
+        return compiled_inner(x + 1)
+
+    compiled_outer = compiled_for(outer, torch.device("cpu"), graphs=5)
+    before = (inductor_config.freezing, torch._dynamo.config.recompile_limit)
+    for _ in range(2):  # the same patch objects entered again, and inside one another
+        assert torch.equal(compiled_outer(torch.ones(3)), torch.full((3,), 4.0))
+        assert (inductor_config.freezing, torch._dynamo.config.recompile_limit) == before
+    assert ("outer", True, 5) in seen and ("inner", True, 7) in seen
+    assert before != (True, 5) and before != (True, 7)
