@@ -43,7 +43,8 @@ def test_the_gpu_pipeline_script_runs_end_to_end_on_a_tiny_model_on_cpu(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     pipeline = json.loads((out / "pipeline.json").read_text())
     assert pipeline["stages"] == {"prompts": "ok", "distill": "ok", "train": "ok", "evaluate": "ok"}
-    assert sum(pipeline["seconds"].values()) <= 400 and pipeline["ttt_steps"] == 2
+    assert sum(pipeline["seconds"].values()) <= 400 and pipeline["ttt_steps"] == 2 and pipeline["compute_dtype"] == "bfloat16"
+    assert json.loads((out / "head" / "training.json").read_text())["config"]["compute_dtype"] == "bfloat16"
     assert (out / "head" / "config.json").is_file() and (out / "head" / "model.safetensors").is_file()
     assert json.loads((out / "head" / "config.json").read_text())["eagle2_training"]["ttt_steps"] == 2
     results = json.loads((out / "eval.json").read_text())["results"]

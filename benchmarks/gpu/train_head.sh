@@ -16,6 +16,7 @@
 #   SOURCES="--mix 6000" prompts-stage sources (e.g. "--source shared:gsm8k_train:500 --source magpie:writing:200")
 #   BATCH=256 MAX_NEW_TOKENS=256 EPOCHS=4 TTT_STEPS=3 TOKENS_PER_BATCH=16384 DRAFT_VOCAB=16384
 #   QUESTIONS=16 (MT-bench first turns for tau)   ENGINE_DTYPE=float32 (features and evaluation)   GEN_DTYPE=auto
+#   COMPUTE_DTYPE=bfloat16 (the training steps' matmuls, under autocast; weights and losses stay float32)
 #   PYTHON=python3   WORK=/tmp/eagle2-train-work   THREADS= (torch CPU threads, for the CPU rehearsal)
 # Exit status: 0 when a head was written and evaluated (stages cut short by the budget are recorded
 # in pipeline.json, and resumed by running the script again with the same WORK).
@@ -37,6 +38,7 @@ DRAFT_VOCAB=${DRAFT_VOCAB:-16384}
 QUESTIONS=${QUESTIONS:-16}
 ENGINE_DTYPE=${ENGINE_DTYPE:-float32}
 GEN_DTYPE=${GEN_DTYPE:-auto}
+COMPUTE_DTYPE=${COMPUTE_DTYPE:-bfloat16}
 PYTHON=${PYTHON:-python3}
 THREADS=${THREADS:-}
 
@@ -78,7 +80,7 @@ if ! ls "$WORK"/distill/shard-*.safetensors >/dev/null 2>&1; then echo "no disti
 
 train_s=$(share 28)
 run_stage train $(( train_s + 60 )) "$PYTHON" -m harness -q train train --work "$WORK" --out "$OUT/head" --epochs "$EPOCHS" \
-  --ttt-steps "$TTT_STEPS" --tokens-per-batch "$TOKENS_PER_BATCH" --draft-vocab-size "$DRAFT_VOCAB" --max-seconds "$train_s" \
+  --ttt-steps "$TTT_STEPS" --tokens-per-batch "$TOKENS_PER_BATCH" --draft-vocab-size "$DRAFT_VOCAB" --max-seconds "$train_s" --compute-dtype "$COMPUTE_DTYPE" \
   --eval-every 100000 --checkpoint-every 200 --max-heldout-pairs 20000 "${model_args[@]}" --dtype "$ENGINE_DTYPE"
 if [ ! -f "$OUT/head/config.json" ]; then echo "no head was written; stopping" >&2; exit 1; fi
 
@@ -95,7 +97,7 @@ json.dump({
     "stages": {"prompts": "$status_prompts", "distill": "$status_distill", "train": "$status_train", "evaluate": "$status_evaluate"},
     "seconds": {"prompts": ${seconds_prompts:-0}, "distill": ${seconds_distill:-0}, "train": ${seconds_train:-0}, "evaluate": ${seconds_evaluate:-0}},
     "budget_s": $BUDGET_S, "sources": "$SOURCES", "batch": $BATCH, "max_new_tokens": $MAX_NEW_TOKENS, "epochs": $EPOCHS,
-    "ttt_steps": $TTT_STEPS, "engine_dtype": "$ENGINE_DTYPE", "generation_dtype": "$GEN_DTYPE", "device": "$DEVICE",
+    "ttt_steps": $TTT_STEPS, "engine_dtype": "$ENGINE_DTYPE", "generation_dtype": "$GEN_DTYPE", "compute_dtype": "$COMPUTE_DTYPE", "device": "$DEVICE",
     "gpu": gpu, "torch": torch.__version__, "transformers": transformers.__version__, "machine": platform.machine(),
 }, open(sys.argv[1], "w"), indent=2)
 PY
